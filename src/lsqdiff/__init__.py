@@ -1,0 +1,13 @@
+"""lsqdiff: matrix-free least squares (LSMR, LSQR) on any array-API framework.
+
+``import lsqdiff`` imports no array framework; the adapter for NumPy, PyTorch,
+JAX or CuPy loads when an array of that framework first reaches a solver.
+"""
+
+from ._info import STOP_MESSAGES, SolveInfo
+from .operator import LinearOperator
+from .solvers import lsmr, lsqr
+
+__version__ = "0.1.0"
+
+__all__ = ["LinearOperator", "STOP_MESSAGES", "SolveInfo", "lsmr", "lsqr"]

@@ -1,0 +1,58 @@
+"""Golub-Kahan bidiagonalisation, shared by LSMR and LSQR.
+
+The recurrences (Paige & Saunders 1982) produce orthonormal ``u``, ``v`` and
+positive ``alpha``, ``beta`` with
+
+    beta_1 u_1 = b - A x0,             alpha_1 v_1 = A^H u_1,
+    beta_{k+1} u_{k+1} = A v_k - alpha_k u_k,
+    alpha_{k+1} v_{k+1} = A^H u_{k+1} - beta_{k+1} v_k.
+
+Vectors are ``(n,)`` or ``(n, k)`` (one column per right-hand side); the
+scalars broadcast against their last axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .operator import Operator
+
+Norm = Callable[[Any], Any]
+
+
+def sym_ortho(S: Any, a: Any, b: Any) -> tuple[Any, Any, Any]:
+    """Givens rotation ``(c, s, r)`` with ``[c s; -s c] [a; b] = [r; 0]``, ``r >= 0``.
+
+    ``hypot`` avoids overflow as SciPy's ``_sym_ortho`` does, and needs no branch,
+    so the same code runs on floats and traced arrays. ``a = b = 0`` gives zeros.
+    """
+    r = S.hypot(a, b)
+    inv = S.recip(r)
+    return a * inv, b * inv, r
+
+
+def start(op: Operator, b: Any, x0: Any, S: Any, norm: Norm) -> tuple[Any, Any, Any, Any]:
+    """First step from ``b - A x0``: returns ``u, v, alpha, beta``."""
+    u = b if x0 is None else b - op.matvec(x0)
+    beta = norm(u)
+    u = u * S.recip(beta)
+    v = op.rmatvec(u)
+    alpha = norm(v)
+    return u, v * S.recip(alpha), alpha, beta
+
+
+def step(op: Operator, u: Any, v: Any, alpha: Any, S: Any, norm: Norm) -> tuple[Any, Any, Any, Any]:
+    """One more step: returns the next ``u, v, alpha, beta``.
+
+    Where ``beta = 0`` the bidiagonalisation has ended and, as in SciPy,
+    ``v`` and ``alpha`` keep their values.
+    """
+    u = op.matvec(v) - alpha * u
+    beta = norm(u)
+    u = u * S.recip(beta)
+    v_next = op.rmatvec(u) - beta * v
+    alpha_next = norm(v_next)
+    v_next = v_next * S.recip(alpha_next)
+    going = beta > 0
+    return u, S.where(going, v_next, v), S.where(going, alpha_next, alpha), beta

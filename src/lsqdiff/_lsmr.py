@@ -1,0 +1,105 @@
+"""LSMR recurrences (Fong & Saunders 2011), following SciPy's ``lsmr`` step for step.
+
+State is a dict so the same functions serve a Python loop and
+``jax.lax.while_loop``. ``istop < 0`` marks a column still iterating.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _bidiag
+from ._info import ISTOP_NONFINITE
+from ._stopping import Problem, choose_stop, freeze
+
+State = dict[str, Any]
+
+
+def init(p: Problem, b: Any, x0: Any) -> State:
+    S, norm = p.S, p.norm
+    u, v, alpha, beta = _bidiag.start(p.op, b, x0, S, norm)
+    normb = norm(b)
+    x = p.zeros_x() if x0 is None else x0
+    normar = alpha * beta
+
+    # SciPy's early exits, in its order: A^H r0 = 0 returns x0; b = 0 returns zeros.
+    running = S.int_const(-1)
+    exact = normar == 0
+    zero_b = S.logical_and(S.logical_not(exact), normb == 0)
+    istop = S.where(S.logical_or(exact, zero_b), 0, running)
+    istop = S.where(S.isfinite(alpha + beta), istop, ISTOP_NONFINITE)
+    x = S.where(zero_b, p.zeros_x(), x)
+
+    one, zero = S.const(1.0), S.const(0.0)
+    return dict(
+        x=x, u=u, v=v, h=v, hbar=p.zeros_x(), alpha=alpha,
+        alphabar=alpha, zetabar=normar, rho=one, rhobar=one, cbar=one, sbar=zero,
+        betadd=beta, betad=zero, rhodold=one, tautildeold=zero, thetatilde=zero,
+        zeta=zero, d=zero, normA2=alpha * alpha, maxrbar=zero, minrbar=S.const(S.big),
+        normb=normb, istop=istop, itn=S.int_const(0),
+        normr=beta, normar=normar, norma=alpha, conda=one, normx=zero,
+    )
+
+
+def step(p: Problem, st: State) -> State:
+    S, damp = p.S, p.damp
+    active = st["istop"] < 0
+    itn = st["itn"] + 1
+    u, v, alpha, beta = _bidiag.step(p.op, st["u"], st["v"], st["alpha"], S, p.norm)
+    finite = S.isfinite(alpha + beta)
+
+    # Rotation Qhat eliminates the damping; Q turns B into R; Qbar turns R^T into Rbar.
+    chat, shat, alphahat = _bidiag.sym_ortho(S, st["alphabar"], damp)
+    rhoold = st["rho"]
+    c, s, rho = _bidiag.sym_ortho(S, alphahat, beta)
+    thetanew = s * alpha
+    alphabar = c * alpha
+    rhobarold = st["rhobar"]
+    zetaold = st["zeta"]
+    thetabar = st["sbar"] * rho
+    rhotemp = st["cbar"] * rho
+    cbar, sbar, rhobar = _bidiag.sym_ortho(S, st["cbar"] * rho, thetanew)
+    zeta = cbar * st["zetabar"]
+    zetabar = -sbar * st["zetabar"]
+
+    hbar = st["h"] - S.div(thetabar * rho, rhoold * rhobarold) * st["hbar"]
+    x = st["x"] + S.div(zeta, rho * rhobar) * hbar
+    h = v - S.div(thetanew, rho) * st["h"]
+
+    # Estimate ||r|| by applying Qhat, Q and Qtilde to the right-hand side.
+    betaacute = chat * st["betadd"]
+    betacheck = -shat * st["betadd"]
+    betahat = c * betaacute
+    betadd = -s * betaacute
+    thetatildeold = st["thetatilde"]
+    ctildeold, stildeold, rhotildeold = _bidiag.sym_ortho(S, st["rhodold"], thetabar)
+    thetatilde = stildeold * rhobar
+    rhodold = ctildeold * rhobar
+    betad = -stildeold * st["betad"] + ctildeold * betahat
+    tautildeold = S.div(zetaold - thetatildeold * st["tautildeold"], rhotildeold)
+    taud = S.div(zeta - thetatilde * tautildeold, rhodold)
+    d = st["d"] + betacheck * betacheck
+    normr = S.sqrt(d + (betad - taud) ** 2 + betadd * betadd)
+
+    # Estimate ||A|| and cond(A).
+    normA2 = st["normA2"] + beta * beta
+    norma = S.sqrt(normA2)
+    normA2 = normA2 + alpha * alpha
+    maxrbar = S.maximum(st["maxrbar"], rhobarold)
+    minrbar = S.where(itn > 1, S.minimum(st["minrbar"], rhobarold), st["minrbar"])
+    conda = S.div(S.maximum(maxrbar, rhotemp), S.minimum(minrbar, rhotemp))
+
+    normar = S.abs(zetabar)
+    normx = p.norm(x)
+    istop = choose_stop(p, itn=itn, normr=normr, normar=normar, norma=norma,
+                        conda=conda, normx=normx, normb=st["normb"])
+
+    new = dict(
+        x=x, u=u, v=v, h=h, hbar=hbar, alpha=alpha, alphabar=alphabar,
+        zetabar=zetabar, rho=rho, rhobar=rhobar, cbar=cbar, sbar=sbar,
+        betadd=betadd, betad=betad, rhodold=rhodold, tautildeold=tautildeold,
+        thetatilde=thetatilde, zeta=zeta, d=d, normA2=normA2, maxrbar=maxrbar,
+        minrbar=minrbar, normb=st["normb"], istop=istop, itn=itn,
+        normr=normr, normar=normar, norma=norma, conda=conda, normx=normx,
+    )
+    return freeze(S, st, new, active, finite)

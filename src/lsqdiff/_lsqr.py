@@ -1,0 +1,108 @@
+"""LSQR recurrences (Paige & Saunders 1982), following SciPy's ``lsqr`` step for step.
+
+State is a dict so the same functions serve a Python loop and
+``jax.lax.while_loop``. ``istop < 0`` marks a column still iterating.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _bidiag
+from ._info import ISTOP_NONFINITE
+from ._stopping import Problem, choose_stop, freeze
+
+State = dict[str, Any]
+
+#: SciPy's guard in LSQR's tests 2 and 3 (float64 machine epsilon, whatever the dtype).
+_EPS = 2.220446049250313e-16
+
+
+def init(p: Problem, b: Any, x0: Any, calc_var: bool = False) -> State:
+    S, norm = p.S, p.norm
+    u, v, alpha, beta = _bidiag.start(p.op, b, x0, S, norm)
+    normb = norm(b)
+    x = p.zeros_x() if x0 is None else x0
+    arnorm = alpha * beta
+
+    # SciPy returns x0 when A^H r0 = 0; lsqdiff also returns zeros for b = 0, as LSMR does.
+    exact = arnorm == 0
+    zero_b = S.logical_and(S.logical_not(exact), normb == 0)
+    istop = S.where(S.logical_or(exact, zero_b), 0, S.int_const(-1))
+    istop = S.where(S.isfinite(alpha + beta), istop, ISTOP_NONFINITE)
+    x = S.where(zero_b, p.zeros_x(), x)
+
+    zero = S.const(0.0)
+    st = dict(
+        x=x, u=u, v=v, w=v, alpha=alpha, rhobar=alpha, phibar=beta,
+        ddnorm=zero, res2=zero, xxnorm=zero, z=zero, cs2=S.const(-1.0), sn2=zero,
+        normb=normb, istop=istop, itn=S.int_const(0),
+        normr=beta, r1norm=beta, normar=arnorm, norma=zero, conda=zero, normx=zero,
+    )
+    if calc_var:
+        st["var"] = p.zeros_x()
+    return st
+
+
+def step(p: Problem, st: State) -> State:
+    S, damp = p.S, p.damp
+    active = st["istop"] < 0
+    itn = st["itn"] + 1
+    dampsq = damp * damp
+    alpha_old = st["alpha"]
+    u, v, alpha, beta = _bidiag.step(p.op, st["u"], st["v"], alpha_old, S, p.norm)
+    finite = S.isfinite(alpha + beta)
+    norma = S.where(beta > 0, S.sqrt(st["norma"] ** 2 + alpha_old ** 2 + beta ** 2 + dampsq),
+                    st["norma"])
+
+    # A rotation eliminates the damping parameter (skipped when damp = 0, as in SciPy).
+    damped = damp > 0
+    rhobar1 = S.where(damped, S.sqrt(st["rhobar"] ** 2 + dampsq), st["rhobar"])
+    cs1 = S.div(st["rhobar"], rhobar1)
+    psi = S.where(damped, S.div(damp, rhobar1) * st["phibar"], 0.0)
+    phibar = S.where(damped, cs1 * st["phibar"], st["phibar"])
+
+    cs, sn, rho = _bidiag.sym_ortho(S, rhobar1, beta)
+    theta = sn * alpha
+    rhobar = -cs * alpha
+    phi = cs * phibar
+    phibar = sn * phibar
+    tau = sn * phi
+
+    w_old = st["w"]
+    x = st["x"] + S.div(phi, rho) * w_old
+    w = v - S.div(theta, rho) * w_old
+    normdk = S.div(p.norm(w_old), S.abs(rho))
+    ddnorm = st["ddnorm"] + normdk * normdk
+
+    delta = st["sn2"] * rho
+    gambar = -st["cs2"] * rho
+    rhs = phi - delta * st["z"]
+    zbar = S.div(rhs, gambar)
+    normx = S.sqrt(st["xxnorm"] + zbar * zbar)
+    gamma = S.sqrt(gambar * gambar + theta * theta)
+    cs2 = S.div(gambar, gamma)
+    sn2 = S.div(theta, gamma)
+    z = S.div(rhs, gamma)
+    xxnorm = st["xxnorm"] + z * z
+
+    conda = norma * S.sqrt(ddnorm)
+    res2 = st["res2"] + psi * psi
+    normr = S.sqrt(phibar * phibar + res2)
+    normar = alpha * S.abs(tau)
+    r1sq = normr * normr - dampsq * xxnorm
+    r1abs = S.sqrt(S.abs(r1sq))
+    r1norm = S.where(damped, S.where(r1sq < 0, -r1abs, r1abs), normr)
+
+    istop = choose_stop(p, itn=itn, normr=normr, normar=normar, norma=norma,
+                        conda=conda, normx=normx, normb=st["normb"], eps=_EPS)
+    new = dict(
+        x=x, u=u, v=v, w=w, alpha=alpha, rhobar=rhobar, phibar=phibar,
+        ddnorm=ddnorm, res2=res2, xxnorm=xxnorm, z=z, cs2=cs2, sn2=sn2,
+        normb=st["normb"], istop=istop, itn=itn,
+        normr=normr, r1norm=r1norm, normar=normar, norma=norma, conda=conda, normx=normx,
+    )
+    if "var" in st:
+        dk = w_old * S.div(1.0, rho)
+        new["var"] = st["var"] + S.where(active, dk * dk, 0.0)
+    return freeze(S, st, new, active, finite)

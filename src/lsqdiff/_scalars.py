@@ -1,0 +1,131 @@
+"""Where the scalar recurrences live.
+
+LSMR and LSQR carry a few dozen scalars per right-hand side (Givens rotations,
+norm estimates). The recurrences are written once against the small interface
+below and run on one of two implementations:
+
+* :class:`HostScalars` -- Python floats. Used by eager backends for a single
+  right-hand side: each scalar operation costs tens of nanoseconds instead of
+  a framework call (a kernel launch on a GPU).
+* :class:`ArrayScalars` -- arrays of the solve's namespace, shape ``()`` or
+  ``(k,)``. Used when the loop is traced (JAX) and for ``k`` right-hand sides,
+  where every column has its own recurrences.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class HostScalars:
+    """Scalar operations on Python floats, with IEEE semantics for division."""
+
+    batched = False
+    #: A "no minimum yet" starting value: SciPy's 1e100.
+    big = 1e100
+
+    def const(self, value: float) -> float:
+        return float(value)
+
+    def int_const(self, value: int) -> int:
+        return int(value)
+
+    sqrt = staticmethod(math.sqrt)
+    hypot = staticmethod(math.hypot)
+    abs = staticmethod(abs)
+
+    @staticmethod
+    def maximum(a: float, b: float) -> float:
+        return a if a >= b else b
+
+    @staticmethod
+    def minimum(a: float, b: float) -> float:
+        return a if a <= b else b
+
+    @staticmethod
+    def where(cond: bool, a: Any, b: Any) -> Any:
+        return a if cond else b
+
+    @staticmethod
+    def isfinite(a: float) -> bool:
+        return math.isfinite(a)
+
+    @staticmethod
+    def any(cond: bool) -> bool:
+        return bool(cond)
+
+    @staticmethod
+    def logical_and(a: bool, b: bool) -> bool:
+        return a and b
+
+    @staticmethod
+    def logical_or(a: bool, b: bool) -> bool:
+        return a or b
+
+    @staticmethod
+    def logical_not(a: bool) -> bool:
+        return not a
+
+    @staticmethod
+    def div(a: float, b: float) -> float:
+        # Python raises on x / 0; the recurrences expect IEEE inf/nan like SciPy's.
+        if b != 0:
+            return a / b
+        if a == 0 or math.isnan(a):
+            return math.nan
+        return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+    @staticmethod
+    def recip(a: float) -> float:
+        """``1/a`` for ``a > 0``, else 0: normalising a zero vector leaves it zero."""
+        return 1.0 / a if a > 0 else 0.0
+
+
+class ArrayScalars:
+    """Scalar operations on 0-d or ``(k,)`` arrays of namespace ``xp``."""
+
+    batched = True
+
+    def __init__(self, xp: Any, dtype: Any, device: Any, shape: tuple[int, ...]):
+        self.xp = xp
+        self.dtype = dtype
+        self.device = device
+        self.shape = shape
+        self.big = min(1e100, float(xp.finfo(dtype).max))
+        self.sqrt = xp.sqrt
+        self.hypot = xp.hypot
+        self.abs = xp.abs
+        self.maximum = xp.maximum
+        self.minimum = xp.minimum
+        self.isfinite = xp.isfinite
+        self.any = xp.any
+        self.logical_and = xp.logical_and
+        self.logical_or = xp.logical_or
+        self.logical_not = xp.logical_not
+
+    def const(self, value: Any) -> Any:
+        if hasattr(value, "shape"):
+            return self.xp.broadcast_to(self.xp.astype(value, self.dtype), self.shape)
+        return self.xp.full(self.shape, value, dtype=self.dtype, device=self.device)
+
+    def int_const(self, value: int) -> Any:
+        return self.xp.full(self.shape, value, dtype=self.xp.int32, device=self.device)
+
+    def where(self, cond: Any, a: Any, b: Any) -> Any:
+        xp = self.xp
+        ref = b if hasattr(b, "dtype") else a
+        if not hasattr(a, "dtype"):
+            a = xp.asarray(a, dtype=ref.dtype, device=self.device)
+        if not hasattr(b, "dtype"):
+            b = xp.asarray(b, dtype=ref.dtype, device=self.device)
+        return xp.where(cond, a, b)
+
+    @staticmethod
+    def div(a: Any, b: Any) -> Any:
+        return a / b
+
+    def recip(self, a: Any) -> Any:
+        """``1/a`` where ``a > 0``, else 0, without dividing by zero anywhere."""
+        positive = a > 0
+        return self.where(positive, 1 / self.where(positive, a, 1.0), 0.0)

@@ -1,0 +1,69 @@
+"""What every backend provides; the defaults serve any array-API namespace."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..operator import LinearOperator, MatVec, Operator, columnwise
+
+State = dict[str, Any]
+
+
+class Backend:
+    """Framework-specific pieces the solver core needs, with array-API defaults.
+
+    A subclass overrides only what its framework does better or differently:
+    the loop (traced under JAX), fast host norms, sparse matrices, deriving
+    ``rmatvec`` from ``matvec``, and moving results to the host.
+    """
+
+    name = "array-api"
+    #: True where the solve is traced (JAX): scalars stay arrays, the loop is a
+    #: framework primitive and results are returned as framework arrays.
+    traced = False
+
+    def __init__(self, xp: Any):
+        self.xp = xp
+
+    # -- the loop --------------------------------------------------------------
+    def while_loop(self, cond: Callable[[State], Any], body: Callable[[State], State],
+                   state: State) -> State:
+        while bool(cond(state)):
+            state = body(state)
+        return state
+
+    # -- norms -----------------------------------------------------------------
+    def host_norm(self, v: Any) -> float:
+        """``||v||`` of a vector as a Python float."""
+        return float(self.xp.linalg.vector_norm(v))
+
+    def array_norm(self, v: Any) -> Any:
+        """Column norms of ``(n,)`` or ``(n, k)`` as an array of the namespace."""
+        return self.xp.linalg.vector_norm(v, axis=0)
+
+    # -- operators -------------------------------------------------------------
+    def is_sparse(self, A: Any) -> bool:
+        return False
+
+    def sparse_operator(self, A: Any) -> Operator:
+        raise NotImplementedError
+
+    def derive_rmatvec(self, op: LinearOperator, dtype: Any, device: Any) -> MatVec:
+        raise TypeError(
+            f"A: a LinearOperator needs an rmatvec under {self.name}, which cannot "
+            "derive one from matvec; pass rmatvec=lambda u: A^H @ u"
+        )
+
+    def lift(self, vec: MatVec, xp: Any) -> MatVec:
+        """Apply a vector function to each column of a block."""
+        return columnwise(vec, xp)
+
+    # -- results ---------------------------------------------------------------
+    def to_host(self, value: Any) -> Any:
+        """A 0-d or 1-d result array as a Python scalar or NumPy array."""
+        import numpy as np
+
+        if getattr(value, "ndim", 0) == 0:
+            return value.item() if hasattr(value, "item") else value
+        return np.asarray(value)

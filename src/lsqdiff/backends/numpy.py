@@ -1,0 +1,50 @@
+"""NumPy adapter: fast host norms, SciPy sparse matrices and LinearOperators."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import numpy as np
+
+from ..operator import Operator
+from ._base import Backend
+
+
+def _scipy_sparse() -> Any:
+    # SciPy is never imported here: a SciPy object can only exist if the user imported it.
+    return sys.modules.get("scipy.sparse")
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+
+    def host_norm(self, v: Any) -> float:
+        if v.dtype.kind == "f" and v.ndim == 1:
+            return math.sqrt(float(np.dot(v, v)))  # what np.linalg.norm does for 1-D, minus overhead
+        return float(np.linalg.norm(v))
+
+    def is_sparse(self, A: Any) -> bool:
+        sp = _scipy_sparse()
+        if sp is None:
+            return False
+        if sp.issparse(A):
+            return True
+        spla = sys.modules.get("scipy.sparse.linalg")
+        return spla is not None and isinstance(A, spla.LinearOperator)
+
+    def sparse_operator(self, A: Any) -> Operator:
+        sp = _scipy_sparse()
+        if sp.issparse(A):
+            AH = A.conj().T if np.iscomplexobj(A.data) else A.T
+            return Operator(A.shape, lambda v: A @ v, lambda u: AH @ u)
+        # scipy.sparse.linalg.LinearOperator: matvec/matmat and their adjoints.
+        return Operator(
+            A.shape,
+            lambda v: A.matvec(v) if v.ndim == 1 else A.matmat(v),
+            lambda u: A.rmatvec(u) if u.ndim == 1 else A.rmatmat(u),
+        )
+
+    def to_host(self, value: Any) -> Any:
+        return value.item() if np.ndim(value) == 0 else np.asarray(value)

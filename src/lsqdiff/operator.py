@@ -1,0 +1,117 @@
+"""Linear operators: what the solvers multiply by.
+
+A solve accepts a dense 2-D array, a sparse matrix of ``b``'s framework, or a
+:class:`LinearOperator` built from functions. Internally all three become an
+:class:`Operator`, whose ``matvec``/``rmatvec`` act on a vector ``(n,)`` or
+on a block of columns ``(n, k)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Array = Any
+MatVec = Callable[[Array], Array]
+
+
+class LinearOperator:
+    """A matrix-free linear operator ``A`` of shape ``(m, n)``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(m, n)``: ``matvec`` maps length-``n`` vectors to length-``m`` vectors.
+    matvec : callable
+        ``v -> A @ v`` for a 1-D array ``v`` of the solve's framework.
+    rmatvec : callable, optional
+        ``u -> A^H @ u`` (conjugate transpose). When omitted, it is derived
+        from ``matvec`` where the framework can do so: by
+        ``jax.linear_transpose`` under JAX and by ``torch.func.vjp`` under
+        PyTorch. NumPy, CuPy and other frameworks need it given.
+    dtype : dtype, optional
+        The operator's dtype; defaults to ``b``'s. Give it when a complex
+        operator acts on a real ``b``.
+    matmat, rmatmat : callable, optional
+        Block versions ``V -> A @ V`` and ``U -> A^H @ U`` for 2-D inputs of
+        shape ``(n, k)`` and ``(m, k)``. Used for 2-D ``b``; otherwise columns
+        are applied one at a time (or with ``jax.vmap`` under JAX).
+
+    Examples
+    --------
+    >>> import numpy as np, lsqdiff
+    >>> d = np.array([1.0, 2.0, 4.0])
+    >>> A = lsqdiff.LinearOperator((3, 3), lambda v: d * v, lambda u: d * u)
+    >>> x, info = lsqdiff.lsmr(A, np.array([1.0, 2.0, 4.0]), atol=1e-10, btol=1e-10)
+    >>> np.round(x, 8)
+    array([1., 1., 1.])
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        matvec: MatVec,
+        rmatvec: MatVec | None = None,
+        *,
+        dtype: Any = None,
+        matmat: MatVec | None = None,
+        rmatmat: MatVec | None = None,
+    ):
+        try:
+            m, n = (int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"shape must be a pair of integers (m, n), got {shape!r}") from None
+        if m < 0 or n < 0:
+            raise ValueError(f"shape must be non-negative, got {shape!r}")
+        for name, f in (("matvec", matvec), ("rmatvec", rmatvec),
+                        ("matmat", matmat), ("rmatmat", rmatmat)):
+            if f is not None and not callable(f):
+                raise TypeError(f"{name} must be callable, got {type(f).__name__}")
+        self.shape = (m, n)
+        self.matvec = matvec
+        self.rmatvec = rmatvec
+        self.dtype = dtype
+        self.matmat = matmat
+        self.rmatmat = rmatmat
+
+    def __repr__(self) -> str:
+        return f"<LinearOperator shape={self.shape} dtype={self.dtype}>"
+
+
+@dataclass(frozen=True)
+class Operator:
+    """The solver's view of ``A``: products with vectors or column blocks."""
+
+    shape: tuple[int, int]
+    matvec: MatVec
+    rmatvec: MatVec
+
+
+def dense_operator(A: Array, xp: Any) -> Operator:
+    """Products with a dense 2-D array; ``A^H`` is formed once, not per product."""
+    AH = xp.conj(A).T if xp.isdtype(A.dtype, "complex floating") else A.T
+    return Operator(tuple(A.shape), lambda v: A @ v, lambda u: AH @ u)
+
+
+def columnwise(vec: MatVec, xp: Any) -> MatVec:
+    """Lift a vector function to 1-D or 2-D inputs by applying it per column."""
+
+    def apply(V: Array) -> Array:
+        if V.ndim == 1:
+            return vec(V)
+        return xp.stack([vec(V[:, j]) for j in range(V.shape[1])], axis=1)
+
+    return apply
+
+
+def function_operator(
+    op: LinearOperator, rmatvec: MatVec, xp: Any, lift: Callable[[MatVec, Any], MatVec] = columnwise
+) -> Operator:
+    """Products with a :class:`LinearOperator`, blocks via ``matmat`` or ``lift``."""
+
+    def pick(vec: MatVec, mat: MatVec | None) -> MatVec:
+        block = mat if mat is not None else lift(vec, xp)
+        return lambda V: vec(V) if V.ndim == 1 else block(V)
+
+    return Operator(op.shape, pick(op.matvec, op.matmat), pick(rmatvec, op.rmatmat))
