@@ -6,6 +6,7 @@ method's ``init``/``step`` in the backend's loop and packs the results.
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import Any
 
@@ -32,34 +33,49 @@ def solve(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: float
 
     op_dtype, shape_A = _inspect_operator(A, b, xp, backend)
     _validate.check_shapes(shape_A, b, x0)
-    dtype = _solve_dtype(xp, op_dtype, b, x0)
+    if maxiter is None:
+        maxiter = default_maxiter(*shape_A)
+    settings = dict(
+        method=method, dtype=_solve_dtype(xp, op_dtype, b, x0), maxiter=int(maxiter),
+        atol=float(atol), btol=float(btol), ctol=1.0 / conlim if conlim > 0 else 0.0,
+        options=tuple(sorted(method_options.items())),
+    )
+    run = functools.partial(_run, xp=xp, backend=backend, **settings)
+    if backend.traced and not _validate.is_operator(A):
+        # Dense and sparse A are arguments, so one compiled loop serves every call
+        # with these settings; a LinearOperator's closures are not, so it runs as is.
+        run = backend.compiled(tuple(settings.values()), run)
+    state = run(A, b, x0, damp)
+    return state["x"], state, backend
+
+
+def _run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method: ModuleType,
+         dtype: Any, maxiter: int, atol: float, btol: float, ctol: float,
+         options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """Build the problem and run the loop; traceable under JAX."""
     device = aac.device(b)
     op = _as_operator(A, xp, backend, dtype, device)
     b = xp.astype(b, dtype)
     x0 = None if x0 is None else xp.astype(x0, dtype, copy=True)
-
     batch = tuple(b.shape[1:])
     if backend.traced or batch:
         S: Any = ArrayScalars(xp, _real_dtype(xp, dtype), device, batch)
         norm = backend.array_norm
     else:
         S, norm = HostScalars(), backend.host_norm
-    n = shape_A[1]
-    if maxiter is None:
-        maxiter = default_maxiter(*shape_A)
+    n = op.shape[1]
     problem = Problem(
         op=op, S=S, norm=norm,
         zeros_x=lambda: xp.zeros((n,) + batch, dtype=dtype, device=device),
-        damp=S.const(damp), atol=float(atol), btol=float(btol),
-        ctol=1.0 / conlim if conlim > 0 else 0.0, maxiter=int(maxiter),
+        damp=S.const(damp), atol=atol, btol=btol, ctol=ctol, maxiter=maxiter,
     )
-    state = method.init(problem, b, x0, **method_options)
+    state = method.init(problem, b, x0, **dict(options))
     if maxiter > 0:
         state = backend.while_loop(lambda st: S.any(st["istop"] < 0),
                                    lambda st: method.step(problem, st), state)
     # Columns still marked running only remain when maxiter = 0: that is the iteration limit.
     state["istop"] = S.where(state["istop"] < 0, 7, state["istop"])
-    return state["x"], state, backend
+    return state
 
 
 def make_info(state: dict[str, Any], backend: Backend) -> SolveInfo:

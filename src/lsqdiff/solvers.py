@@ -102,5 +102,5 @@ lsqr.__doc__ = """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSQR.
     >>> b = np.array([1.0, 3.0, 2.0])
     >>> x, info = lsqdiff.lsqr(A, b, damp=0.1)
     >>> np.round(x, 4)
-    array([0.9967, 1.9934])
+    array([1.    , 1.9901])
 """

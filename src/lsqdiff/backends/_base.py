@@ -33,6 +33,10 @@ class Backend:
             state = body(state)
         return state
 
+    def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` compiled once per ``key`` (its static settings); eager backends run it as is."""
+        return fn
+
     # -- norms -----------------------------------------------------------------
     def host_norm(self, v: Any) -> float:
         """``||v||`` of a vector as a Python float."""

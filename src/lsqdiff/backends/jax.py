@@ -29,6 +29,16 @@ class JaxBackend(Backend):
                    state: State) -> State:
         return jax.lax.while_loop(cond, body, state)
 
+    def __init__(self, xp: Any):
+        super().__init__(xp)
+        self._compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
+    def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
+        # Without this every eager call would retrace and recompile the loop.
+        if key not in self._compiled:
+            self._compiled[key] = jax.jit(fn)
+        return self._compiled[key]
+
     def is_sparse(self, A: Any) -> bool:
         return isinstance(A, jsparse.JAXSparse)
 
