@@ -121,7 +121,7 @@ def _device_name(x: Any) -> str:
 
 
 def main() -> None:
-    print(__doc__.split("\n\n")[1].replace("\n", " "))
+    print(__doc__.split("\n\n")[1].replace("\n", " ").replace("penalty,", "penalty."))
     rows = run()
     header = f"{'backend':<18} {'device':<8} {'dtype':<8} {'iters':>6} {'||r||':>10} {'time':>9} {'max|x - scipy|':>15} {'max|x - truth|':>15}"
     print("\n" + header + "\n" + "-" * len(header))

@@ -38,7 +38,7 @@ class SolveInfo:
     Attributes
     ----------
     istop : int or array
-        Why the iteration stopped (see :data:`STOP_MESSAGES`): 0-7 as in
+        Why the iteration stopped (see `STOP_MESSAGES`): 0-7 as in
         SciPy's ``lsmr``/``lsqr``; 8 when a NaN or Inf appeared.
     itn : int or array
         Iterations taken.
@@ -51,7 +51,7 @@ class SolveInfo:
     conda : float or array
         Estimate of the condition number of ``[A; damp I]``.
     normx : float or array
-        ``||x||``.
+        ``||x||``; for LSQR with ``x0``, ``||x - x0||`` (SciPy's ``xnorm``).
     converged : bool or array
         True where ``istop`` is one of 0, 1, 2, 4, 5.
 

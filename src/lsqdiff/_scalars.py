@@ -4,10 +4,10 @@ LSMR and LSQR carry a few dozen scalars per right-hand side (Givens rotations,
 norm estimates). The recurrences are written once against the small interface
 below and run on one of two implementations:
 
-* :class:`HostScalars` -- Python floats. Used by eager backends for a single
+* `HostScalars` -- Python floats. Used by eager backends for a single
   right-hand side: each scalar operation costs tens of nanoseconds instead of
   a framework call (a kernel launch on a GPU).
-* :class:`ArrayScalars` -- arrays of the solve's namespace, shape ``()`` or
+* `ArrayScalars` -- arrays of the solve's namespace, shape ``()`` or
   ``(k,)``. Used when the loop is traced (JAX) and for ``k`` right-hand sides,
   where every column has its own recurrences.
 """

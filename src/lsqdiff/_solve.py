@@ -1,4 +1,4 @@
-"""The driver behind :func:`lsqdiff.lsmr` and :func:`lsqdiff.lsqr`.
+"""The driver behind `lsqdiff.lsmr` and `lsqdiff.lsqr`.
 
 It checks the inputs, picks the backend and where the scalars live, runs a
 method's ``init``/``step`` in the backend's loop and packs the results.
@@ -17,7 +17,7 @@ from ._info import CONVERGED_CODES, SolveInfo
 from ._scalars import ArrayScalars, HostScalars
 from ._stopping import Problem
 from .backends import Backend, backend_for
-from .operator import Operator, dense_operator, function_operator
+from .operator import Operator, function_operator
 
 
 def solve(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: float,
@@ -45,7 +45,8 @@ def solve(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: float
         # Dense and sparse A are arguments, so one compiled loop serves every call
         # with these settings; a LinearOperator's closures are not, so it runs as is.
         run = backend.compiled(tuple(settings.values()), run)
-    state = run(A, b, x0, damp)
+    with backend.untracked():
+        state = run(A, b, x0, damp)
     return state["x"], state, backend
 
 
@@ -113,7 +114,7 @@ def _as_operator(A: Any, xp: Any, backend: Backend, dtype: Any, device: Any) -> 
         return function_operator(A, rmatvec, xp, backend.lift)
     if backend.is_sparse(A):
         return backend.sparse_operator(A)
-    return dense_operator(xp.astype(A, dtype, copy=False), xp)
+    return backend.dense_operator(xp.astype(A, dtype, copy=False))
 
 
 def _solve_dtype(xp: Any, op_dtype: Any, b: Any, x0: Any) -> Any:

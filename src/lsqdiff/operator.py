@@ -1,8 +1,8 @@
 """Linear operators: what the solvers multiply by.
 
 A solve accepts a dense 2-D array, a sparse matrix of ``b``'s framework, or a
-:class:`LinearOperator` built from functions. Internally all three become an
-:class:`Operator`, whose ``matvec``/``rmatvec`` act on a vector ``(n,)`` or
+`LinearOperator` built from functions. Internally all three become an
+`Operator`, whose ``matvec``/``rmatvec`` act on a vector ``(n,)`` or
 on a block of columns ``(n, k)``.
 """
 
@@ -108,7 +108,7 @@ def columnwise(vec: MatVec, xp: Any) -> MatVec:
 def function_operator(
     op: LinearOperator, rmatvec: MatVec, xp: Any, lift: Callable[[MatVec, Any], MatVec] = columnwise
 ) -> Operator:
-    """Products with a :class:`LinearOperator`, blocks via ``matmat`` or ``lift``."""
+    """Products with a `LinearOperator`, blocks via ``matmat`` or ``lift``."""
 
     def pick(vec: MatVec, mat: MatVec | None) -> MatVec:
         block = mat if mat is not None else lift(vec, xp)

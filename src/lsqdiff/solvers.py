@@ -8,21 +8,31 @@ from . import _lsmr, _lsqr
 from ._info import SolveInfo
 from ._solve import make_info, solve
 
-_COMMON_DOC = """
+
+def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
+         btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None
+         ) -> tuple[Any, SolveInfo]:
+    """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSMR.
+
+    LSMR (Fong & Saunders 2011) is MINRES applied to the normal equations:
+    ``||A^H r||`` decreases monotonically, so it can be stopped early more
+    safely than LSQR. Same stopping rules, stop codes and estimates as
+    `scipy.sparse.linalg.lsmr`.
+
     Parameters
     ----------
-    A : array, sparse matrix or LinearOperator, shape (m, n)
+    A : array, sparse matrix or LinearOperator of shape (m, n)
         A dense 2-D array of ``b``'s framework, that framework's sparse matrix
         (SciPy sparse or ``scipy.sparse.linalg.LinearOperator`` for NumPy,
         torch ``sparse_coo``/``sparse_csr``, ``jax.experimental.sparse.BCOO``,
-        ``cupyx.scipy.sparse``), or a :class:`lsqdiff.LinearOperator`.
-    b : array, shape (m,) or (m, k)
+        ``cupyx.scipy.sparse``), or a `lsqdiff.LinearOperator`.
+    b : array of shape (m,) or (m, k)
         Right-hand side. With ``k`` columns, each is solved with its own
         recurrences and stopping test in one loop; a converged column stops
         changing.
     damp : float or 0-d array, optional
         Damping ``lambda >= 0``.
-    x0 : array, shape (n,) or (n, k), optional
+    x0 : array of shape (n,) or (n, k), optional
         Warm start; the damping then applies to ``x - x0`` (SciPy's semantics).
         Never modified.
     atol, btol : float, optional
@@ -32,11 +42,11 @@ _COMMON_DOC = """
         Stop when the estimate of ``cond([A; damp I])`` exceeds ``conlim``
         (0 disables the test).
     maxiter : int, optional
-        Iteration limit; default {maxiter}.
+        Iteration limit; default ``min(m, n)``.
 
     Returns
     -------
-    x : array, shape (n,) or (n, k)
+    x : array of shape (n,) or (n, k)
         The solution, in the dtype common to ``A``, ``b`` and ``x0`` (integer
         inputs become the framework's default float).
     info : SolveInfo
@@ -50,12 +60,16 @@ _COMMON_DOC = """
     that column with ``istop = 8`` and ``converged = False``, returning the last
     finite iterate. Under JAX the loop is a ``lax.while_loop``: the solve works
     under ``jax.jit`` and ``jax.vmap``.
-"""
 
-
-def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
-         btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None
-         ) -> tuple[Any, SolveInfo]:
+    Examples
+    --------
+    >>> import numpy as np, lsqdiff
+    >>> A = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    >>> b = np.array([1.0, 3.0, 2.0])
+    >>> x, info = lsqdiff.lsmr(A, b, atol=1e-12, btol=1e-12)
+    >>> np.round(x, 6), info.converged
+    (array([1., 2.]), True)
+    """
     x, state, backend = solve(_lsmr, A, b, damp=damp, x0=x0, atol=atol, btol=btol,
                               conlim=conlim, maxiter=maxiter,
                               default_maxiter=lambda m, n: min(m, n))
@@ -65,36 +79,55 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
 def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
          btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None
          ) -> tuple[Any, SolveInfo]:
-    x, state, backend = solve(_lsqr, A, b, damp=damp, x0=x0, atol=atol, btol=btol,
-                              conlim=conlim, maxiter=maxiter,
-                              default_maxiter=lambda m, n: 2 * n)
-    return x, make_info(state, backend)
-
-
-lsmr.__doc__ = """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSMR.
-
-    LSMR (Fong & Saunders 2011) is MINRES applied to the normal equations:
-    ``||A^H r||`` decreases monotonically, so it can be stopped early more
-    safely than LSQR. Same stopping rules, stop codes and estimates as
-    :func:`scipy.sparse.linalg.lsmr`.
-""" + _COMMON_DOC.format(maxiter="``min(m, n)``") + """
-    Examples
-    --------
-    >>> import numpy as np, lsqdiff
-    >>> A = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
-    >>> b = np.array([1.0, 3.0, 2.0])
-    >>> x, info = lsqdiff.lsmr(A, b, atol=1e-12, btol=1e-12)
-    >>> np.round(x, 6), info.converged
-    (array([1., 2.]), True)
-"""
-
-lsqr.__doc__ = """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSQR.
+    """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSQR.
 
     LSQR (Paige & Saunders 1982) is conjugate gradients on the normal
     equations, computed stably from the Golub-Kahan bidiagonalisation. Same
     stopping rules, stop codes and estimates as
-    :func:`scipy.sparse.linalg.lsqr`; ``info.normr`` is SciPy's ``r2norm``.
-""" + _COMMON_DOC.format(maxiter="``2 n``") + """
+    `scipy.sparse.linalg.lsqr`; ``info.normr`` is SciPy's ``r2norm``.
+
+    Parameters
+    ----------
+    A : array, sparse matrix or LinearOperator of shape (m, n)
+        A dense 2-D array of ``b``'s framework, that framework's sparse matrix
+        (SciPy sparse or ``scipy.sparse.linalg.LinearOperator`` for NumPy,
+        torch ``sparse_coo``/``sparse_csr``, ``jax.experimental.sparse.BCOO``,
+        ``cupyx.scipy.sparse``), or a `lsqdiff.LinearOperator`.
+    b : array of shape (m,) or (m, k)
+        Right-hand side. With ``k`` columns, each is solved with its own
+        recurrences and stopping test in one loop; a converged column stops
+        changing.
+    damp : float or 0-d array, optional
+        Damping ``lambda >= 0``.
+    x0 : array of shape (n,) or (n, k), optional
+        Warm start; the damping then applies to ``x - x0`` (SciPy's semantics).
+        Never modified.
+    atol, btol : float, optional
+        Stopping tolerances (SciPy's meaning): stop when ``||r|| <= btol ||b||
+        + atol ||A|| ||x||`` or ``||A^H r|| <= atol ||A|| ||r||``.
+    conlim : float, optional
+        Stop when the estimate of ``cond([A; damp I])`` exceeds ``conlim``
+        (0 disables the test).
+    maxiter : int, optional
+        Iteration limit; default ``2 n``.
+
+    Returns
+    -------
+    x : array of shape (n,) or (n, k)
+        The solution, in the dtype common to ``A``, ``b`` and ``x0`` (integer
+        inputs become the framework's default float).
+    info : SolveInfo
+        ``istop, itn, normr, normar, norma, conda, normx, converged`` and
+        ``message``; one entry per column for 2-D ``b``.
+
+    Notes
+    -----
+    ``b = 0`` returns zeros with ``istop = 0`` (even with ``x0``, as SciPy's
+    ``lsmr`` does). NaN or Inf in ``b``, ``x0`` or the operator's output stops
+    that column with ``istop = 8`` and ``converged = False``, returning the last
+    finite iterate. Under JAX the loop is a ``lax.while_loop``: the solve works
+    under ``jax.jit`` and ``jax.vmap``.
+
     Examples
     --------
     >>> import numpy as np, lsqdiff
@@ -103,4 +136,8 @@ lsqr.__doc__ = """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSQR.
     >>> x, info = lsqdiff.lsqr(A, b, damp=0.1)
     >>> np.round(x, 4)
     array([1.    , 1.9901])
-"""
+    """
+    x, state, backend = solve(_lsqr, A, b, damp=damp, x0=x0, atol=atol, btol=btol,
+                              conlim=conlim, maxiter=maxiter,
+                              default_maxiter=lambda m, n: 2 * n)
+    return x, make_info(state, backend)

@@ -1,6 +1,6 @@
 """Per-framework adapters, loaded only when an array of that framework arrives.
 
-``import lsqdiff`` imports no framework: :func:`backend_for` looks at the
+``import lsqdiff`` imports no framework: `backend_for` looks at the
 namespace that ``array_api_compat`` found for the user's arrays and imports the
 matching adapter module on first use (cached per namespace).
 """

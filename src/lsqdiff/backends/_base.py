@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from ..operator import LinearOperator, MatVec, Operator, columnwise
+from ..operator import LinearOperator, MatVec, Operator, columnwise, dense_operator
 
 State = dict[str, Any]
 
@@ -33,6 +34,10 @@ class Backend:
             state = body(state)
         return state
 
+    def untracked(self) -> AbstractContextManager[Any]:
+        """Context for the solve: autodiff must never record the iterations."""
+        return nullcontext()
+
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` compiled once per ``key`` (its static settings); eager backends run it as is."""
         return fn
@@ -47,6 +52,10 @@ class Backend:
         return self.xp.linalg.vector_norm(v, axis=0)
 
     # -- operators -------------------------------------------------------------
+    def dense_operator(self, A: Any) -> Operator:
+        """Products with a dense 2-D array of the namespace."""
+        return dense_operator(A, self.xp)
+
     def is_sparse(self, A: Any) -> bool:
         return False
 

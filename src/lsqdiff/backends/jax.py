@@ -39,10 +39,27 @@ class JaxBackend(Backend):
             self._compiled[key] = jax.jit(fn)
         return self._compiled[key]
 
+    def dense_operator(self, A: Any) -> Operator:
+        # XLA:CPU runs ``A.T @ u`` for a vector ``u`` as a slow transposed dot
+        # (4000x2000 float64: ~30 ms against ~2 ms for ``A @ v``); ``u @ A``
+        # contracts the same axis at matvec speed. Blocks ``(m, k)`` are faster as
+        # ``A^H @ U``. A^H u = conj(conj(u) @ A), so conj(A) is never formed for vectors.
+        complex_ = jnp.iscomplexobj(A)
+        AH = jnp.conj(A).T if complex_ else A.T
+
+        def rmatvec(u: Any) -> Any:
+            if u.ndim != 1:
+                return AH @ u
+            return jnp.conj(jnp.conj(u) @ A) if complex_ else u @ A
+
+        return Operator(tuple(A.shape), lambda v: A @ v, rmatvec)
+
     def is_sparse(self, A: Any) -> bool:
         return isinstance(A, jsparse.JAXSparse)
 
     def sparse_operator(self, A: Any) -> Operator:
+        if isinstance(A, jsparse.BCSR):
+            A = A.to_bcoo()  # BCSR has no transpose in JAX
         AT = A.T
         # A^H u = conj(A^T conj(u)); conj is free for real dtypes.
         return Operator(tuple(A.shape), lambda v: A @ v, lambda u: jnp.conj(AT @ jnp.conj(u)))

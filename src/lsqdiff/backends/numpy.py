@@ -25,6 +25,10 @@ class NumpyBackend(Backend):
             return math.sqrt(float(np.dot(v, v)))  # what np.linalg.norm does for 1-D, minus overhead
         return float(np.linalg.norm(v))
 
+    def dense_operator(self, A: Any) -> Operator:
+        # np.matrix would turn A @ v into a (1, m) matrix: use the plain array.
+        return super().dense_operator(np.asarray(A))
+
     def is_sparse(self, A: Any) -> bool:
         sp = _scipy_sparse()
         if sp is None:

@@ -6,7 +6,7 @@ tuples are SciPy's, and the iterates agree with SciPy's to rounding. Inputs are
 what SciPy accepts (arrays, ``np.matrix``, SciPy sparse matrices and arrays,
 ``scipy.sparse.linalg.LinearOperator``, column-vector or scalar ``b``); the
 solve runs on lsqdiff's NumPy backend. For arrays of other frameworks use
-:func:`lsqdiff.lsmr` / :func:`lsqdiff.lsqr`.
+`lsqdiff.lsmr` / `lsqdiff.lsqr`.
 
 Differences from SciPy (both documented stop codes): a NaN or Inf stops with
 ``istop = 8``, and ``maxiter = 0`` (``iter_lim = 0``) reports ``istop = 7``.
@@ -34,7 +34,7 @@ def lsmr(A: Any, b: Any, damp: float = 0.0, atol: float = 1e-6, btol: float = 1e
          x0: Any = None) -> tuple[Any, ...]:
     """SciPy's ``lsmr``: returns ``(x, istop, itn, normr, normar, norma, conda, normx)``.
 
-    Parameters and returns are those of :func:`scipy.sparse.linalg.lsmr`.
+    Parameters and returns are those of `scipy.sparse.linalg.lsmr`.
 
     Examples
     --------
@@ -62,7 +62,7 @@ def lsqr(A: Any, b: Any, damp: float = 0.0, atol: float = 1e-6, btol: float = 1e
          calc_var: bool = False, x0: Any = None) -> tuple[Any, ...]:
     """SciPy's ``lsqr``: returns ``(x, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm, var)``.
 
-    Parameters and returns are those of :func:`scipy.sparse.linalg.lsqr`.
+    Parameters and returns are those of `scipy.sparse.linalg.lsqr`.
 
     Examples
     --------
