@@ -1,33 +1,56 @@
-"""The driver behind `lsqdiff.lsmr` and `lsqdiff.lsqr`.
+"""The entry point behind `lsqdiff.lsmr` and `lsqdiff.lsqr`.
 
-It checks the inputs, picks the backend and where the scalars live, runs a
-method's ``init``/``step`` in the backend's loop and packs the results.
+It checks the inputs, fixes the settings, hands the solve and its gradient rule
+to the backend (which registers the rule with its framework's autodiff) and
+packs the results.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import array_api_compat as aac
 
-from . import _validate
+from . import _driver, _validate
+from ._gradient import Cotangents, pullback
 from ._info import CONVERGED_CODES, SolveInfo
-from ._scalars import ArrayScalars, HostScalars
-from ._stopping import Problem
 from .backends import Backend, backend_for
-from .operator import Operator, function_operator
+from .operator import Operator
 
 
-def solve(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: float,
-          btol: float, conlim: float, maxiter: int | None, default_maxiter: Any,
-          **method_options: Any) -> tuple[Any, dict[str, Any], Backend]:
-    """Run ``method`` (the ``_lsmr`` or ``_lsqr`` module); returns ``x``, the final
-    state's results and the backend used."""
+@dataclass(frozen=True)
+class Prepared:
+    """A checked solve, ready to run and to differentiate.
+
+    ``run(A, b, x0, damp)`` returns the final state; ``backward(A, b, x0, damp,
+    x, x_bar)`` the `Cotangents`; ``operator(A)`` the products with ``A``. They
+    take the inputs as arguments so that adapters can pass traced or detached
+    versions of them.
+    """
+
+    backend: Backend
+    xp: Any
+    run: Callable[..., dict[str, Any]]
+    backward: Callable[..., Cotangents]
+    operator: Callable[[Any], Operator]
+    args: tuple[Any, Any, Any, Any]
+
+
+def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: float,
+            btol: float, conlim: float, maxiter: int | None, default_maxiter: Any,
+            assume_full_rank: bool = False, grad_atol: float | None = None,
+            grad_btol: float | None = None, **method_options: Any) -> Prepared:
+    """Check the inputs of a solve with ``method`` (``_lsmr`` or ``_lsqr``)."""
     xp = _validate.namespace_of_b(b)
     backend = backend_for(xp)
     _validate.check_options(damp, atol, btol, conlim, maxiter)
+    for name, tol in (("grad_atol", grad_atol), ("grad_btol", grad_btol)):
+        if tol is not None:
+            _validate.check_tolerance(name, tol)
     if x0 is not None:
         _validate.check_same_framework("x0", x0, b, xp)
 
@@ -40,43 +63,38 @@ def solve(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: float
         atol=float(atol), btol=float(btol), ctol=1.0 / conlim if conlim > 0 else 0.0,
         options=tuple(sorted(method_options.items())),
     )
-    run = functools.partial(_run, xp=xp, backend=backend, **settings)
+    run = functools.partial(_driver.run, xp=xp, backend=backend, **settings)
     if backend.traced and not _validate.is_operator(A):
         # Dense and sparse A are arguments, so one compiled loop serves every call
         # with these settings; a LinearOperator's closures are not, so it runs as is.
         run = backend.compiled(tuple(settings.values()), run)
-    with backend.untracked():
-        state = run(A, b, x0, damp)
-    return state["x"], state, backend
+
+    dtype = settings["dtype"]
+    # A damp given as an array may be traced: it is taken to be positive.
+    damped = hasattr(damp, "dtype") or damp > 0
+
+    def operator(A_: Any) -> Operator:
+        return _driver.as_operator(A_, xp, backend, dtype, aac.device(b))
+
+    def backward(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, x_bar: Any) -> Cotangents:
+        # The backward solves use LSMR with the forward's tolerances unless overridden.
+        return pullback(
+            operator(A_), xp.astype(b_, dtype), x, None if x0_ is None else xp.astype(x0_, dtype),
+            damp_, xp.astype(x_bar, dtype), xp=xp, backend=backend, dtype=dtype,
+            atol=settings["atol"] if grad_atol is None else float(grad_atol),
+            btol=settings["btol"] if grad_btol is None else float(grad_btol),
+            ctol=settings["ctol"], maxiter=settings["maxiter"],
+            damped=damped, assume_full_rank=assume_full_rank)
+
+    return Prepared(backend, xp, run, backward, operator, (A, b, x0, damp))
 
 
-def _run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method: ModuleType,
-         dtype: Any, maxiter: int, atol: float, btol: float, ctol: float,
-         options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    """Build the problem and run the loop; traceable under JAX."""
-    device = aac.device(b)
-    op = _as_operator(A, xp, backend, dtype, device)
-    b = xp.astype(b, dtype)
-    x0 = None if x0 is None else xp.astype(x0, dtype, copy=True)
-    batch = tuple(b.shape[1:])
-    if backend.traced or batch:
-        S: Any = ArrayScalars(xp, _real_dtype(xp, dtype), device, batch)
-        norm = backend.array_norm
-    else:
-        S, norm = HostScalars(), backend.host_norm
-    n = op.shape[1]
-    problem = Problem(
-        op=op, S=S, norm=norm,
-        zeros_x=lambda: xp.zeros((n,) + batch, dtype=dtype, device=device),
-        damp=S.const(damp), atol=atol, btol=btol, ctol=ctol, maxiter=maxiter,
-    )
-    state = method.init(problem, b, x0, **dict(options))
-    if maxiter > 0:
-        state = backend.while_loop(lambda st: S.any(st["istop"] < 0),
-                                   lambda st: method.step(problem, st), state)
-    # Columns still marked running only remain when maxiter = 0: that is the iteration limit.
-    state["istop"] = S.where(state["istop"] < 0, 7, state["istop"])
-    return state
+def solve(method: ModuleType, A: Any, b: Any, **kwargs: Any) -> tuple[Any, dict[str, Any], Backend]:
+    """Run a solve, differentiable where the backend's framework has autodiff;
+    returns ``x``, the final state and the backend."""
+    p = prepare(method, A, b, **kwargs)
+    state = p.backend.differentiable(p)
+    return state["x"], state, p.backend
 
 
 def make_info(state: dict[str, Any], backend: Backend) -> SolveInfo:
@@ -106,17 +124,6 @@ def _inspect_operator(A: Any, b: Any, xp: Any, backend: Backend) -> tuple[Any, t
     return A.dtype, tuple(A.shape)
 
 
-def _as_operator(A: Any, xp: Any, backend: Backend, dtype: Any, device: Any) -> Operator:
-    if _validate.is_operator(A):
-        rmatvec = A.rmatvec
-        if rmatvec is None:
-            rmatvec = backend.derive_rmatvec(A, dtype, device)
-        return function_operator(A, rmatvec, xp, backend.lift)
-    if backend.is_sparse(A):
-        return backend.sparse_operator(A)
-    return backend.dense_operator(xp.astype(A, dtype, copy=False))
-
-
 def _solve_dtype(xp: Any, op_dtype: Any, b: Any, x0: Any) -> Any:
     """Common dtype of the inputs; integer and boolean inputs become the default float."""
     dtypes = [b.dtype] + ([] if op_dtype is None else [op_dtype])
@@ -130,5 +137,3 @@ def _solve_dtype(xp: Any, op_dtype: Any, b: Any, x0: Any) -> Any:
     return xp.result_type(*dtypes)
 
 
-def _real_dtype(xp: Any, dtype: Any) -> Any:
-    return xp.float32 if dtype in (xp.float32, xp.complex64) else xp.float64

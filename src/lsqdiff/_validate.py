@@ -64,10 +64,7 @@ def check_shapes(shape_A: tuple[int, ...], b: Any, x0: Any) -> None:
 
 def check_options(damp: Any, atol: Any, btol: Any, conlim: Any, maxiter: Any) -> None:
     for name, value in (("atol", atol), ("btol", btol), ("conlim", conlim)):
-        if not isinstance(value, numbers.Real) or isinstance(value, bool):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-        if not value >= 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+        check_tolerance(name, value)
     if maxiter is not None:
         if not isinstance(maxiter, numbers.Integral) or isinstance(maxiter, bool):
             raise TypeError(f"maxiter must be a non-negative int or None, got {type(maxiter).__name__}")
@@ -86,6 +83,13 @@ def check_options(damp: Any, atol: Any, btol: Any, conlim: Any, maxiter: Any) ->
         value = damp
     if not value >= 0:
         raise ValueError(f"damp must be >= 0, got {value}")
+
+
+def check_tolerance(name: str, value: Any) -> None:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 def is_operator(A: Any) -> bool:

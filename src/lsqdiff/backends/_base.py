@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..operator import LinearOperator, MatVec, Operator, columnwise, dense_operator
+
+if TYPE_CHECKING:
+    from .._solve import Prepared
 
 State = dict[str, Any]
 
@@ -37,6 +40,12 @@ class Backend:
     def untracked(self) -> AbstractContextManager[Any]:
         """Context for the solve: autodiff must never record the iterations."""
         return nullcontext()
+
+    def differentiable(self, p: Prepared) -> State:
+        """Run the solve; frameworks with autodiff register ``p.backward`` as its
+        gradient. Here there is none: `lsqdiff.vjp` gives the pullback by hand."""
+        with self.untracked():
+            return p.run(*p.args)
 
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` compiled once per ``key`` (its static settings); eager backends run it as is."""

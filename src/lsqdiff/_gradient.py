@@ -1,0 +1,125 @@
+"""The gradient of a least-squares solve, written once for every backend.
+
+Given the solution ``x`` of ``min ||A d - (b - A x0)||^2 + damp^2 ||d||^2``
+(``x = x0 + d``) and the incoming gradient ``x_bar``, :func:`pullback` returns
+the gradients of ``b``, ``x0``, ``damp`` and of ``A`` as a short sum of scaled
+outer products ``sum_k s_k U_k V_k^H``. Each costs a few more minimum-norm LSMR
+solves, never the iterations of the forward solve (DESIGN.md section 2):
+
+* damped (``damp > 0``): one solve on the wide operator ``K = [A^H, damp I]``,
+  whose minimum-norm solution of ``K c = x_bar`` is ``c = (A g, damp g)`` with
+  ``g = (A^H A + damp^2 I)^-1 x_bar``;
+* undamped (pseudo-inverse, any rank): ``b_bar = A^+H x_bar`` and
+  ``y = A^+H (x - x0)`` as one two-column solve with ``A^H``, then
+  ``g = A^+ b_bar``; with ``assume_full_rank`` a tall ``A`` needs no ``y`` and a
+  wide ``A`` no ``g``.
+
+Gradients follow PyTorch's convention for complex numbers (the gradient of a
+real loss is ``dL/dRe + i dL/dIm``, so a product ``A v`` pulls back through
+``A^H``); the JAX adapter conjugates on the way in and out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat as aac
+
+from ._driver import lsmr_on, real_dtype
+from .operator import Operator
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The gradient of ``A`` as ``sum_k s_k U_k V_k^H`` (``U_k``: (m,) or (m, j))."""
+
+    terms: tuple[tuple[float, Array, Array], ...]
+
+    def contract(self, matvec: Any, xp: Any) -> Any:
+        """``sum_k s_k Re<U_k, A V_k>``: its gradient in ``A`` (or in the parameters
+        ``matvec`` depends on) is the operator's gradient."""
+        total = 0.0
+        for s, U, V in self.terms:
+            total = total + s * real_inner(U, matvec(V), xp)
+        return total
+
+    def dense(self, xp: Any) -> Array:
+        """``sum_k s_k U_k V_k^H`` as a dense ``(m, n)`` array."""
+        out = None
+        for s, U, V in self.terms:
+            U2 = U if U.ndim == 2 else U[:, None]
+            V2 = V if V.ndim == 2 else V[:, None]
+            term = s * (U2 @ _conj(V2, xp).T)
+            out = term if out is None else out + term
+        return out
+
+
+@dataclass(frozen=True)
+class Cotangents:
+    """Gradients of one solve's inputs (``x0`` is None when no warm start was given)."""
+
+    b: Array
+    x0: Array | None
+    damp: Array
+    A: Terms
+
+
+def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_bar: Array, *,
+             xp: Any, backend: Any, dtype: Any, atol: float, btol: float, ctol: float,
+             maxiter: int | None, damped: bool, assume_full_rank: bool = False) -> Cotangents:
+    """Gradients of ``b``, ``x0``, ``damp`` and ``A`` given ``x_bar`` (see the module doc).
+
+    ``damped`` says which rule applies; it is decided from the value the user gave
+    (a damp passed as an array is taken to be positive).
+    """
+    m, n = op.shape
+    settings = dict(xp=xp, backend=backend, dtype=dtype, atol=atol, btol=btol, ctol=ctol,
+                    maxiter=maxiter)
+    d = x if x0 is None else x - x0
+
+    if damped:
+        K = Operator((n, m + n), lambda c: op.rmatvec(c[:m, ...]) + damp * c[m:, ...],
+                     lambda z: xp.concat([op.matvec(z), damp * z], axis=0))
+        c = lsmr_on(K, x_bar, **settings)
+        b_bar, g = c[:m, ...], c[m:, ...] / damp
+        r = b - op.matvec(x)
+        damp_bar = -2 * damp * real_inner(g, d, xp)
+        x0_bar = None if x0 is None else (damp * damp) * g
+        return Cotangents(b_bar, x0_bar, damp_bar, Terms(((1.0, r, g), (-1.0, b_bar, x))))
+
+    AH = Operator((n, m), op.rmatvec, op.matvec)
+    terms: list[tuple[float, Array, Array]] = []
+    tall_full_rank = assume_full_rank and m >= n
+    if tall_full_rank:  # the null space is {0}: x0 and y drop out
+        b_bar = lsmr_on(AH, x_bar, **settings)
+        x0_bar = None if x0 is None else xp.zeros_like(x0)
+    else:
+        k = 1 if x_bar.ndim == 1 else x_bar.shape[1]
+        pair = xp.concat([xp.reshape(x_bar, (n, k)), xp.reshape(d, (n, k))], axis=1)
+        Y = lsmr_on(AH, pair, **settings)
+        b_bar = xp.reshape(Y[:, :k], (m,) + tuple(x_bar.shape[1:]))
+        y = xp.reshape(Y[:, k:], b_bar.shape)
+        w = x_bar - op.rmatvec(b_bar)
+        terms.append((1.0, y, w))
+        x0_bar = None if x0 is None else w
+    if not (assume_full_rank and m < n):  # a wide full-rank A leaves no residual
+        g = lsmr_on(op, b_bar, **settings)
+        terms.append((1.0, b - op.matvec(x), g))
+    terms.append((-1.0, b_bar, x))
+    # At damp = 0 the solution does not move with damp to first order.
+    damp_bar = xp.zeros((), dtype=real_dtype(xp, dtype), device=aac.device(x_bar))
+    return Cotangents(b_bar, x0_bar, damp_bar, Terms(tuple(terms)))
+
+
+def real_inner(a: Array, b: Array, xp: Any) -> Any:
+    """``Re <a, b> = Re sum(conj(a) * b)`` over all entries."""
+    if xp.isdtype(a.dtype, "complex floating") or xp.isdtype(b.dtype, "complex floating"):
+        return xp.sum(xp.real(xp.conj(a) * b))
+    return xp.sum(a * b)
+
+
+def _conj(a: Array, xp: Any) -> Array:
+    return xp.conj(a) if xp.isdtype(a.dtype, "complex floating") else a
