@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ._validate import concrete_float
+
 
 class HostScalars:
     """Scalar operations on Python floats, with IEEE semantics for division."""
@@ -25,8 +27,8 @@ class HostScalars:
     #: A "no minimum yet" starting value: SciPy's 1e100.
     big = 1e100
 
-    def const(self, value: float) -> float:
-        return float(value)
+    def const(self, value: Any) -> float:
+        return concrete_float(value)
 
     def int_const(self, value: int) -> int:
         return int(value)

@@ -70,8 +70,7 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
         run = backend.compiled(tuple(settings.values()), run)
 
     dtype = settings["dtype"]
-    # A damp given as an array may be traced: it is taken to be positive.
-    damped = hasattr(damp, "dtype") or damp > 0
+    damped = _is_positive(damp)
 
     def operator(A_: Any) -> Operator:
         return _driver.as_operator(A_, xp, backend, dtype, aac.device(b))
@@ -95,6 +94,12 @@ def solve(method: ModuleType, A: Any, b: Any, **kwargs: Any) -> tuple[Any, dict[
     p = prepare(method, A, b, **kwargs)
     state = p.backend.differentiable(p)
     return state["x"], state, p.backend
+
+
+def _is_positive(damp: Any) -> bool:
+    """Whether the damped gradient rule applies; a traced damp is taken to be positive."""
+    value = _validate.concrete_float(damp)
+    return value is None or value > 0
 
 
 def make_info(state: dict[str, Any], backend: Backend) -> SolveInfo:

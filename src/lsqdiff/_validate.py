@@ -75,9 +75,8 @@ def check_options(damp: Any, atol: Any, btol: Any, conlim: Any, maxiter: Any) ->
     if hasattr(damp, "dtype"):
         if getattr(damp, "ndim", 0) != 0:
             raise ValueError(f"damp must be a scalar, got an array of shape {tuple(damp.shape)}")
-        try:
-            value = float(damp)
-        except Exception:  # a traced value: its sign cannot be checked here
+        value = concrete_float(damp)
+        if value is None:  # a traced value: its sign cannot be checked here
             return
     else:
         value = damp
@@ -90,6 +89,16 @@ def check_tolerance(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     if not value >= 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def concrete_float(value: Any) -> float | None:
+    """``value`` as a Python float, or None for a traced (JAX) value."""
+    if hasattr(value, "detach"):  # a torch tensor that may require grad
+        value = value.detach()
+    try:
+        return float(value)
+    except Exception:
+        return None
 
 
 def is_operator(A: Any) -> bool:

@@ -37,6 +37,11 @@ class LinearOperator:
         Block versions ``V -> A @ V`` and ``U -> A^H @ U`` for 2-D inputs of
         shape ``(n, k)`` and ``(m, k)``. Used for 2-D ``b``; otherwise columns
         are applied one at a time (or with ``jax.vmap`` under JAX).
+    params : tensor, sequence or dict of tensors, or torch.nn.Module, optional
+        PyTorch only: the tensors ``matvec`` depends on that should receive
+        gradients (a module stands for its parameters). Under JAX nothing is
+        needed: arrays ``matvec`` closes over are found by
+        ``jax.closure_convert`` and receive gradients.
 
     Examples
     --------
@@ -57,6 +62,7 @@ class LinearOperator:
         dtype: Any = None,
         matmat: MatVec | None = None,
         rmatmat: MatVec | None = None,
+        params: Any = None,
     ):
         try:
             m, n = (int(s) for s in shape)
@@ -74,6 +80,7 @@ class LinearOperator:
         self.dtype = dtype
         self.matmat = matmat
         self.rmatmat = rmatmat
+        self.params = params
 
     def __repr__(self) -> str:
         return f"<LinearOperator shape={self.shape} dtype={self.dtype}>"

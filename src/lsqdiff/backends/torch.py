@@ -1,13 +1,20 @@
-"""PyTorch adapter: torch sparse tensors and ``rmatvec`` derived by ``torch.func.vjp``."""
+"""PyTorch adapter: the solve as a ``torch.autograd.Function`` whose backward is
+`lsqdiff._gradient.pullback`; torch sparse tensors; ``rmatvec`` derived by
+``torch.func.vjp``."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..operator import LinearOperator, MatVec, Operator
-from ._base import Backend
+from ._base import Backend, State
+
+if TYPE_CHECKING:
+    from .._solve import Prepared
 
 
 class TorchBackend(Backend):
@@ -15,6 +22,16 @@ class TorchBackend(Backend):
 
     def untracked(self) -> Any:
         return torch.no_grad()
+
+    def differentiable(self, p: Prepared) -> State:
+        A, b, x0, damp = p.args
+        params = _parameters(A)
+        inputs = [t for t in (b, x0, damp, *params) if isinstance(t, torch.Tensor)]
+        if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+            return super().differentiable(p)
+        box: list[State] = []
+        x = _Solve.apply(p, box, b, x0, damp, *params)
+        return {**box[0], "x": x}
 
     def host_norm(self, v: Any) -> float:
         return float(torch.linalg.vector_norm(v))
@@ -44,3 +61,93 @@ class TorchBackend(Backend):
     def to_host(self, value: Any) -> Any:
         value = value.detach()
         return value.item() if value.ndim == 0 else value.cpu().numpy()
+
+
+class _Solve(torch.autograd.Function):
+    """x = solve(A, b, x0, damp); ``params`` are A itself (a tensor) or the
+    tensors a LinearOperator depends on."""
+
+    @staticmethod
+    def forward(p: Prepared, box: list[State], b: Any, x0: Any, damp: Any, *params: Any) -> Any:
+        state = p.run(p.args[0], b, x0, damp)
+        box.append(state)
+        return state["x"]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        p, _, b, x0, damp, *params = inputs
+        ctx.p = p
+        ctx.damp = damp
+        ctx.save_for_backward(b, x0, output, *params)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, x_bar: Any) -> tuple[Any, ...]:
+        # Detached: the gradient's terms must not lead autograd back into this node.
+        b, x0, x = (None if t is None else t.detach() for t in ctx.saved_tensors[:3])
+        params = ctx.saved_tensors[3:]
+        p, damp = ctx.p, ctx.damp
+        A = p.args[0]
+        cot = p.backward(A, b, x0, damp, x, x_bar)
+        needs = ctx.needs_input_grad
+        if isinstance(A, torch.Tensor):
+            param_grads = [_operator_grad(p, cot, A) if needs[5] else None]
+        else:
+            param_grads = _function_grads(p, cot, A, params, needs[5:])
+        return (None, None, _like(cot.b, b) if needs[2] else None,
+                _like(cot.x0, x0) if needs[3] else None,
+                _like(cot.damp, damp) if needs[4] else None, *param_grads)
+
+
+def _parameters(A: Any) -> list[Any]:
+    """The tensors whose gradients describe A's: A itself, or a LinearOperator's params."""
+    if isinstance(A, torch.Tensor):
+        return [A]
+    params = getattr(A, "params", None)
+    if params is None:
+        return []
+    if isinstance(params, torch.nn.Module):
+        return list(params.parameters())
+    if isinstance(params, torch.Tensor):
+        return [params]
+    if isinstance(params, Mapping):
+        return list(params.values())
+    if isinstance(params, Sequence):
+        return list(params)
+    raise TypeError("A.params must be a tensor, a sequence or dict of tensors, or an "
+                    f"nn.Module, got {type(params).__name__}")
+
+
+def _operator_grad(p: Prepared, cot: Any, A: Any) -> Any:
+    """Gradient of a dense or sparse tensor A: sum_k s_k U_k V_k^H (on A's sparsity pattern)."""
+    if A.layout == torch.strided:
+        return _like(cot.A.dense(p.xp), A)
+    coo = A.to_sparse_coo().coalesce()
+    rows, cols = coo.indices()
+    values = 0.0
+    for s, U, V in cot.A.terms:
+        U2, V2 = (U, V) if U.ndim == 2 else (U[:, None], V[:, None])
+        values = values + s * (U2[rows] * V2[cols].conj()).sum(dim=1)
+    grad = torch.sparse_coo_tensor(coo.indices(), _like(values, coo.values()), A.shape).coalesce()
+    return grad.to_sparse_csr() if A.layout == torch.sparse_csr else grad
+
+
+def _function_grads(p: Prepared, cot: Any, A: LinearOperator, params: Sequence[Any],
+                    needs: Sequence[bool]) -> list[Any]:
+    """Gradients of a LinearOperator's params: autograd of sum_k s_k Re<U_k, A V_k>."""
+    wanted = [t for t, need in zip(params, needs) if need]
+    if not wanted:
+        return [None] * len(params)
+    with torch.enable_grad():
+        total = cot.A.contract(p.operator(A).matvec, p.xp)
+        grads = iter(torch.autograd.grad(total, wanted, allow_unused=True))
+    return [next(grads) if need else None for need in needs]
+
+
+def _like(grad: Any, primal: Any) -> Any:
+    """``grad`` in ``primal``'s dtype (the real part for a real input), or None."""
+    if grad is None or not isinstance(primal, torch.Tensor):
+        return None
+    if grad.is_complex() and not primal.is_complex():
+        grad = grad.real
+    return grad.to(primal.dtype)
