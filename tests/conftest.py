@@ -45,9 +45,11 @@ settings.register_profile(
     derandomize=False,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+# HYPOTHESIS_PROFILE=ci: reproducible examples; =thorough: many more of them.
 settings.register_profile(
     "ci", parent=settings.get_profile("lsqdiff"), derandomize=True, print_blob=True
 )
+settings.register_profile("thorough", parent=settings.get_profile("lsqdiff"), max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "lsqdiff"))
 
 

@@ -74,6 +74,56 @@ def test_ill_conditioned(xp, solver, shape):
     assert int(to_np(info.itn)) > min(shape)  # it really needed the extra iterations
 
 
+def _pad_rows(M, m=6):
+    return np.vstack([M, np.zeros((m - M.shape[0], M.shape[1]))])
+
+
+#: istop -> the same stopping reason without "for this machine" (4->1, 5->2, 6->3)
+SAME_REASON = np.array([0, 1, 2, 3, 1, 2, 3, 7, 8])
+
+EXACT_CASES = {
+    # the bidiagonalisation ends exactly (beta or alpha exactly 0) within a few
+    # steps; all 6 x 4 so that JAX compiles once for them all. (A rank-one A is
+    # left out: there the step at which ||A^T r|| is *exactly* 0 with atol = 0
+    # depends on rounding, and SciPy itself stops one step apart on other BLAS.)
+    "identity": (_pad_rows(np.eye(4)), np.ones(6)),
+    "two-values": (_pad_rows(np.diag([1.0, 1.0, 2.0, 2.0])), np.ones(6)),
+    "zero-A": (np.zeros((6, 4)), np.ones(6)),
+}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("case", list(EXACT_CASES))
+def test_exact_breakdown(xp, solver, case):
+    """Problems where the Krylov space ends exactly (zeros in the recurrences, with
+    tolerances 0 so nothing stops early): the answer is exact, the diagnostics
+    finite, and the stopping reason and iteration are SciPy's; the same in a 2-D b."""
+    spla = pytest.importorskip("scipy.sparse.linalg")
+    A, b = EXACT_CASES[case]
+    B = np.stack([b, 2.0 * b], axis=1)
+    kw = dict(atol=0.0, btol=0.0, conlim=0.0, maxiter=10)
+    for damp in (0.0, 0.5):
+        ref = damped_ref(A, b, damp)
+        if solver is lsqdiff.lsmr:
+            ref_istop, ref_itn = spla.lsmr(A, b, damp=damp, **kw)[1:3]
+        else:
+            ref_istop, ref_itn = spla.lsqr(A, b, damp=damp, atol=0.0, btol=0.0, conlim=0.0,
+                                           iter_lim=10)[1:3]
+        x, info = solver(to_xp(xp, A), to_xp(xp, b), damp=damp, **kw)
+        X, infoB = solver(to_xp(xp, A), to_xp(xp, B), damp=damp, **kw)
+        for j, v in enumerate((info_np(info), info_np(infoB))):
+            # codes 4/5 are 1/2 "for this machine": which of the pair fires can rest
+            # on whether a rounding-level quantity is exactly 0, so compare the pair
+            assert np.all(SAME_REASON[v["istop"]] == SAME_REASON[ref_istop]), (j, v, ref_istop)
+            assert np.all(v["itn"] == ref_itn), (j, v, ref_itn)
+            assert np.all(v["converged"])
+            for f in ("normr", "normar", "norma", "conda", "normx"):
+                assert np.all(np.isfinite(v[f])), f
+        np.testing.assert_allclose(to_np(x), ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(to_np(X), np.stack([ref, 2.0 * ref], axis=1),
+                                   rtol=1e-12, atol=1e-12)
+
+
 # --------------------------------------------------------------------------- #
 # Damping and warm starts
 # --------------------------------------------------------------------------- #
@@ -417,10 +467,23 @@ def test_zero_b(xp, solver):
     assert v["istop"] == 0 and v["itn"] == 0 and v["converged"]
     np.testing.assert_array_equal(to_np(x), np.zeros(n))
     assert info.message == lsqdiff.STOP_MESSAGES[0]
-    # b = 0 returns zeros even with a warm start (SciPy's lsmr does the same)
+    # with a warm start (A has full column rank, no damping) the answer is still 0,
+    # now reached by iterating on min ||A d + A x0||
     x, info = solve_tight(solver, to_xp(xp, A), to_xp(xp, np.zeros(m)), x0=to_xp(xp, np.ones(n)))
-    assert int(to_np(info.istop)) == 0 and bool(to_np(info.converged))
-    np.testing.assert_array_equal(to_np(x), np.zeros(n))
+    assert_converged(info)
+    np.testing.assert_allclose(to_np(x), np.zeros(n), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, damp", [("wide", 0.0), ("tall", 0.5)], ids=["wide", "damped"])
+def test_zero_b_with_x0_follows_warm_start_semantics(solver, shape, damp):
+    A, _ = make_problem(shape, seed=27)
+    m, n = A.shape
+    x0 = np.random.default_rng(28).standard_normal(n)
+    x, info = solve_tight(solver, A, np.zeros(m), x0=x0, damp=damp)
+    ref = damped_ref(A, np.zeros(m), damp, x0)
+    assert np.linalg.norm(ref) > 0.1  # zeros would be wrong here
+    assert_converged(info)
+    assert_solution(x, ref, RTOL["float64"])
 
 
 def test_zero_b_column(xp, solver):
@@ -471,6 +534,40 @@ def test_inputs_not_mutated(xp, solver):
 # --------------------------------------------------------------------------- #
 
 FLOAT_FIELDS = ("normr", "normar", "norma", "conda", "normx")
+
+
+@pytest.mark.parametrize("damp", [0.0, 0.6])
+def test_info_norms_are_true_norms(xp, solver, damp):
+    """After a few steps (warm start, with and without damping) normr and normar
+    equal the norms they estimate: sqrt(||b - A x||^2 + damp^2 ||x - x0||^2) and
+    ||A^T (b - A x) - damp^2 (x - x0)||."""
+    A, b = make_problem("tall", seed=29)
+    x0 = np.random.default_rng(30).standard_normal(A.shape[1])
+    x, info = solver(to_xp(xp, A), to_xp(xp, b), x0=to_xp(xp, x0), damp=damp,
+                     atol=0.0, btol=0.0, conlim=0.0, maxiter=5)
+    assert int(to_np(info.itn)) == 5
+    x = to_np(x)
+    r = b - A @ x
+    np.testing.assert_allclose(float(to_np(info.normr)),
+                               np.hypot(np.linalg.norm(r), damp * np.linalg.norm(x - x0)),
+                               rtol=1e-10)
+    np.testing.assert_allclose(float(to_np(info.normar)),
+                               np.linalg.norm(A.T @ r - damp**2 * (x - x0)), rtol=1e-8)
+
+
+@pytest.mark.parametrize("solver_name", [
+    "lsmr",
+    pytest.param("lsqr", marks=pytest.mark.xfail(strict=True, reason=(
+        "LSQR with x0 reports SciPy's running estimate of ||x - x0|| as info.normx; "
+        "SolveInfo documents normx as ||x|| (LSMR reports ||x||)"))),
+])
+def test_info_normx_with_x0(solver_name):
+    solver = getattr(lsqdiff, solver_name)
+    A, b = make_problem("tall", seed=31)
+    x0 = np.random.default_rng(32).standard_normal(A.shape[1])
+    x, info = solve_tight(solver, A, b, x0=x0)
+    assert_converged(info)
+    np.testing.assert_allclose(info.normx, np.linalg.norm(x), rtol=1e-8)
 
 
 def test_info_types_1d(xp, solver):

@@ -9,27 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from . import _bidiag
-from ._info import ISTOP_NONFINITE
-from ._stopping import Problem, choose_stop, freeze
+from ._stopping import Problem, choose_stop, freeze, start
 
 State = dict[str, Any]
 
 
 def init(p: Problem, b: Any, x0: Any) -> State:
-    S, norm = p.S, p.norm
-    u, v, alpha, beta = _bidiag.start(p.op, b, x0, S, norm)
-    normb = norm(b)
-    x = p.zeros_x() if x0 is None else x0
+    S = p.S
+    x, u, v, alpha, beta, normb, istop = start(p, b, x0)
     normar = alpha * beta
-
-    # SciPy's early exits, in its order: A^H r0 = 0 returns x0; b = 0 returns zeros.
-    running = S.int_const(-1)
-    exact = normar == 0
-    zero_b = S.logical_and(S.logical_not(exact), normb == 0)
-    istop = S.where(S.logical_or(exact, zero_b), 0, running)
-    istop = S.where(S.isfinite(alpha + beta), istop, ISTOP_NONFINITE)
-    x = S.where(zero_b, p.zeros_x(), x)
-
     one, zero = S.const(1.0), S.const(0.0)
     return dict(
         x=x, u=u, v=v, h=v, hbar=p.zeros_x(), alpha=alpha,

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _bidiag
-from ._info import ISTOP_NONFINITE
-from ._stopping import Problem, choose_stop, freeze
+from ._stopping import Problem, choose_stop, freeze, start
 
 State = dict[str, Any]
 
@@ -19,19 +18,9 @@ _EPS = 2.220446049250313e-16
 
 
 def init(p: Problem, b: Any, x0: Any, calc_var: bool = False) -> State:
-    S, norm = p.S, p.norm
-    u, v, alpha, beta = _bidiag.start(p.op, b, x0, S, norm)
-    normb = norm(b)
-    x = p.zeros_x() if x0 is None else x0
+    S = p.S
+    x, u, v, alpha, beta, normb, istop = start(p, b, x0)
     arnorm = alpha * beta
-
-    # SciPy returns x0 when A^H r0 = 0; lsqdiff also returns zeros for b = 0, as LSMR does.
-    exact = arnorm == 0
-    zero_b = S.logical_and(S.logical_not(exact), normb == 0)
-    istop = S.where(S.logical_or(exact, zero_b), 0, S.int_const(-1))
-    istop = S.where(S.isfinite(alpha + beta), istop, ISTOP_NONFINITE)
-    x = S.where(zero_b, p.zeros_x(), x)
-
     zero = S.const(0.0)
     st = dict(
         x=x, u=u, v=v, w=v, alpha=alpha, rhobar=alpha, phibar=beta,

@@ -34,6 +34,7 @@ class Prepared:
 
     backend: Backend
     xp: Any
+    dtype: Any
     run: Callable[..., dict[str, Any]]
     backward: Callable[..., Cotangents]
     operator: Callable[[Any], Operator]
@@ -85,7 +86,7 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
             ctol=settings["ctol"], maxiter=settings["maxiter"],
             damped=damped, assume_full_rank=assume_full_rank)
 
-    return Prepared(backend, xp, run, backward, operator, (A, b, x0, damp))
+    return Prepared(backend, xp, dtype, run, backward, operator, (A, b, x0, damp))
 
 
 def solve(method: ModuleType, A: Any, b: Any, **kwargs: Any) -> tuple[Any, dict[str, Any], Backend]:

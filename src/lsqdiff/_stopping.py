@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import _bidiag
 from ._info import ISTOP_NONFINITE
 from .operator import Operator
 
@@ -28,6 +29,26 @@ class Problem:
     btol: float
     ctol: float
     maxiter: int
+
+
+def start(p: Problem, b: Any, x0: Any) -> tuple[Any, ...]:
+    """What LSMR and LSQR share at the start: ``x, u, v, alpha, beta, normb, istop``.
+
+    ``istop`` is 0 where ``A^H (b - A x0) = 0`` (``x0``, or zeros, solves the
+    problem; this covers ``b = 0`` without ``x0``), 8 where a NaN or Inf
+    appeared, and -1 (running) elsewhere.
+    """
+    S = p.S
+    u, v, alpha, beta = _bidiag.start(p.op, b, x0, S, p.norm)
+    normb = p.norm(b)
+    # The tests are relative to ||b||. For b = 0 with a warm start the problem is
+    # min ||A d + A x0||^2 + damp^2 ||d||^2: measure against ||b - A x0|| instead
+    # (SciPy returns zeros there, which solves a different problem).
+    normb = S.where(normb == 0, beta, normb)
+    istop = S.where(alpha * beta == 0, 0, S.int_const(-1))
+    istop = S.where(S.isfinite(alpha + beta), istop, ISTOP_NONFINITE)
+    x = p.zeros_x() if x0 is None else x0
+    return x, u, v, alpha, beta, normb, istop
 
 
 def choose_stop(p: Problem, *, itn: Any, normr: Any, normar: Any, norma: Any,

@@ -55,8 +55,9 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
 
     Notes
     -----
-    ``b = 0`` returns zeros with ``istop = 0`` (even with ``x0``, as SciPy's
-    ``lsmr`` does). NaN or Inf in ``b``, ``x0`` or the operator's output stops
+    ``b = 0`` without ``x0`` returns zeros with ``istop = 0``; with ``x0`` the
+    problem above is solved, with the stopping tests measured against
+    ``||b - A x0||`` (SciPy's ``lsmr`` returns zeros there). NaN or Inf in ``b``, ``x0`` or the operator's output stops
     that column with ``istop = 8`` and ``converged = False``, returning the last
     finite iterate. Under JAX the loop is a ``lax.while_loop``: the solve works
     under ``jax.jit`` and ``jax.vmap``.
@@ -122,8 +123,9 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
 
     Notes
     -----
-    ``b = 0`` returns zeros with ``istop = 0`` (even with ``x0``, as SciPy's
-    ``lsmr`` does). NaN or Inf in ``b``, ``x0`` or the operator's output stops
+    ``b = 0`` without ``x0`` returns zeros with ``istop = 0``; with ``x0`` the
+    problem above is solved, with the stopping tests measured against
+    ``||b - A x0||`` (SciPy's ``lsmr`` returns zeros there). NaN or Inf in ``b``, ``x0`` or the operator's output stops
     that column with ``istop = 8`` and ``converged = False``, returning the last
     finite iterate. Under JAX the loop is a ``lax.while_loop``: the solve works
     under ``jax.jit`` and ``jax.vmap``.

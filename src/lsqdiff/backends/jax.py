@@ -1,9 +1,12 @@
-"""JAX adapter: the loop is a ``lax.while_loop`` so solves trace under ``jit`` and ``vmap``."""
+"""JAX adapter: the loop is a ``lax.while_loop`` so solves trace under ``jit`` and
+``vmap``, and the solve is a ``jax.custom_vjp`` whose backward is
+`lsqdiff._gradient.pullback` (PyTorch's complex convention, so cotangents are
+conjugated on the way in and out)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,9 @@ from jax.experimental import sparse as jsparse
 from .._info import SolveInfo
 from ..operator import LinearOperator, MatVec, Operator
 from ._base import Backend, State
+
+if TYPE_CHECKING:
+    from .._solve import Prepared
 
 # Diagnostics are JAX arrays here, so SolveInfo must pass through jit and vmap.
 jax.tree_util.register_dataclass(
@@ -25,13 +31,37 @@ class JaxBackend(Backend):
     name = "jax"
     traced = True
 
+    def __init__(self, xp: Any):
+        super().__init__(xp)
+        self._compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
     def while_loop(self, cond: Callable[[State], Any], body: Callable[[State], State],
                    state: State) -> State:
         return jax.lax.while_loop(cond, body, state)
 
-    def __init__(self, xp: Any):
-        super().__init__(xp)
-        self._compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
+    def differentiable(self, p: Prepared) -> State:
+        A, b, x0, damp = p.args
+        A_args, rebuild = _operator_arguments(A, p)
+
+        @jax.custom_vjp
+        def solve(A_args: Any, b: Any, x0: Any, damp: Any) -> State:
+            return p.run(rebuild(A_args), b, x0, damp)
+
+        def forward(A_args: Any, b: Any, x0: Any, damp: Any) -> tuple[State, Any]:
+            state = solve(A_args, b, x0, damp)
+            return state, (A_args, b, x0, damp, state["x"])
+
+        def backward(res: Any, state_bar: State) -> tuple[Any, ...]:
+            A_args, b, x0, damp, x = res
+            cot = p.backward(rebuild(A_args), b, x0, damp, x, jnp.conj(state_bar["x"]))
+            # The operator's cotangent: JAX's gradient of sum_k s_k Re<U_k, A V_k>.
+            _, pull = jax.vjp(lambda a: cot.A.contract(p.operator(rebuild(a)).matvec, jnp), A_args)
+            (A_bar,) = pull(jnp.ones((), dtype=jnp.real(x).dtype))
+            x0_bar = None if x0 is None else _like(jnp.conj(cot.x0), x0)
+            return A_bar, _like(jnp.conj(cot.b), b), x0_bar, _like(cot.damp, damp)
+
+        solve.defvjp(forward, backward)
+        return solve(A_args, b, x0, jnp.asarray(damp))
 
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
         # Without this every eager call would retrace and recompile the loop.
@@ -73,3 +103,38 @@ class JaxBackend(Backend):
 
     def to_host(self, value: Any) -> Any:
         return value  # may be a tracer: results stay JAX arrays
+
+
+def _operator_arguments(A: Any, p: Prepared) -> tuple[Any, Callable[[Any], Any]]:
+    """A's differentiable arrays and how to rebuild A from them.
+
+    Arrays and sparse matrices are pytrees already. A LinearOperator's functions
+    may close over traced arrays, which a ``custom_vjp`` cannot see:
+    ``jax.closure_convert`` turns them into explicit arguments.
+    """
+    if not isinstance(A, LinearOperator):
+        return A, lambda a: a
+    m, n = A.shape
+    matvec, mv_consts = jax.closure_convert(A.matvec, jnp.zeros(n, p.dtype))
+    if A.rmatvec is None:
+        rmatvec, rmv_consts = None, []
+    else:
+        rmatvec, rmv_consts = jax.closure_convert(A.rmatvec, jnp.zeros(m, p.dtype))
+    if not mv_consts and not rmv_consts:
+        return (), lambda a: A
+
+    def rebuild(consts: Any) -> LinearOperator:
+        mv_c, rmv_c = consts
+        return LinearOperator(
+            A.shape, lambda v: matvec(v, *mv_c),
+            None if rmatvec is None else (lambda u: rmatvec(u, *rmv_c)), dtype=A.dtype)
+
+    return (mv_consts, rmv_consts), rebuild
+
+
+def _like(grad: Any, primal: Any) -> Any:
+    """``grad`` in ``primal``'s dtype (the real part for a real input)."""
+    primal = jnp.asarray(primal)
+    if jnp.iscomplexobj(grad) and not jnp.iscomplexobj(primal):
+        grad = jnp.real(grad)
+    return grad.astype(primal.dtype)

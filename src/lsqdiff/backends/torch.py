@@ -128,7 +128,9 @@ def _operator_grad(p: Prepared, cot: Any, A: Any) -> Any:
     for s, U, V in cot.A.terms:
         U2, V2 = (U, V) if U.ndim == 2 else (U[:, None], V[:, None])
         values = values + s * (U2[rows] * V2[cols].conj()).sum(dim=1)
-    grad = torch.sparse_coo_tensor(coo.indices(), _like(values, coo.values()), A.shape).coalesce()
+    # The indices come from a coalesced tensor: no invariant check needed.
+    grad = torch.sparse_coo_tensor(coo.indices(), _like(values, coo.values()), A.shape,
+                                   is_coalesced=True, check_invariants=False)
     return grad.to_sparse_csr() if A.layout == torch.sparse_csr else grad
 
 

@@ -10,7 +10,8 @@ solve runs on lsqdiff's NumPy backend. For arrays of other frameworks use
 
 Differences from SciPy (both documented stop codes): a NaN or Inf stops with
 ``istop = 8``, and ``maxiter = 0`` (``iter_lim = 0``) reports ``istop = 7``.
-``b = 0`` returns zeros with ``istop = 0`` for ``lsqr`` as it does for ``lsmr``.
+``b = 0`` with ``x0`` solves the warm-started problem (SciPy returns zeros from
+``lsmr`` and one step from ``lsqr``).
 ``show=True`` prints the problem and the final summary, not every iteration.
 """
 
