@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["lsqdiff.solvers", "lsqdiff.operator", "lsqdiff._info", "lsqdiff.compat.scipy"]
+MODULES = ["lsqdiff.solvers", "lsqdiff.operator", "lsqdiff._info", "lsqdiff.adjoint",
+           "lsqdiff.compat.scipy"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -28,7 +28,7 @@ from conftest import (
 
 SIZES = st.sampled_from([1, 2, 3, 7, 16, 30])
 OPTIONS = dict(atol=1e-12, btol=1e-12, maxiter=1000)
-JAX_EXAMPLES = 6
+JAX_EXAMPLES = 4
 
 
 @st.composite

@@ -5,9 +5,11 @@ JAX or CuPy loads when an array of that framework first reaches a solver.
 """
 
 from ._info import STOP_MESSAGES, SolveInfo
+from .adjoint import Gradients, LowRank, vjp
 from .operator import LinearOperator
 from .solvers import lsmr, lsqr
 
 __version__ = "0.1.0"
 
-__all__ = ["LinearOperator", "STOP_MESSAGES", "SolveInfo", "lsmr", "lsqr"]
+__all__ = ["Gradients", "LinearOperator", "LowRank", "STOP_MESSAGES", "SolveInfo", "lsmr",
+           "lsqr", "vjp"]

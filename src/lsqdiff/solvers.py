@@ -10,8 +10,9 @@ from ._solve import make_info, solve
 
 
 def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
-         btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None
-         ) -> tuple[Any, SolveInfo]:
+         btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None,
+         assume_full_rank: bool = False, grad_atol: float | None = None,
+         grad_btol: float | None = None) -> tuple[Any, SolveInfo]:
     """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSMR.
 
     LSMR (Fong & Saunders 2011) is MINRES applied to the normal equations:
@@ -43,6 +44,13 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
         (0 disables the test).
     maxiter : int, optional
         Iteration limit; default ``min(m, n)``.
+    assume_full_rank : bool, optional
+        Gradients only: ``A`` has full rank, so a tall ``A``'s backward pass
+        skips the null-space solve and a wide ``A``'s the residual solve (two
+        solves instead of three). Ignored when ``damp > 0``.
+    grad_atol, grad_btol : float, optional
+        Tolerances of the LSMR solves of the backward pass; default the
+        forward's ``atol``, ``btol``.
 
     Returns
     -------
@@ -62,6 +70,14 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     finite iterate. Under JAX the loop is a ``lax.while_loop``: the solve works
     under ``jax.jit`` and ``jax.vmap``.
 
+    Gradients: under JAX (``jax.grad``, ``jax.vjp``) and PyTorch (``.backward()``,
+    ``torch.autograd.grad``) the solve is differentiable in ``A`` (dense, sparse
+    values, or the arrays a `LinearOperator` depends on), ``b``, ``x0`` and
+    ``damp``. The backward pass costs one (damped) to three (pseudo-inverse) more
+    LSMR solves, not the forward's iterations; see `lsqdiff.vjp` for NumPy and
+    CuPy. A ``damp`` given as an array is taken to be positive: pass a Python
+    ``0.0`` for the pseudo-inverse gradient.
+
     Examples
     --------
     >>> import numpy as np, lsqdiff
@@ -73,13 +89,16 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     """
     x, state, backend = solve(_lsmr, A, b, damp=damp, x0=x0, atol=atol, btol=btol,
                               conlim=conlim, maxiter=maxiter,
-                              default_maxiter=lambda m, n: min(m, n))
+                              default_maxiter=lambda m, n: min(m, n),
+                              assume_full_rank=assume_full_rank, grad_atol=grad_atol,
+                              grad_btol=grad_btol)
     return x, make_info(state, backend)
 
 
 def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
-         btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None
-         ) -> tuple[Any, SolveInfo]:
+         btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None,
+         assume_full_rank: bool = False, grad_atol: float | None = None,
+         grad_btol: float | None = None) -> tuple[Any, SolveInfo]:
     """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSQR.
 
     LSQR (Paige & Saunders 1982) is conjugate gradients on the normal
@@ -111,6 +130,13 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
         (0 disables the test).
     maxiter : int, optional
         Iteration limit; default ``2 n``.
+    assume_full_rank : bool, optional
+        Gradients only: ``A`` has full rank, so a tall ``A``'s backward pass
+        skips the null-space solve and a wide ``A``'s the residual solve (two
+        solves instead of three). Ignored when ``damp > 0``.
+    grad_atol, grad_btol : float, optional
+        Tolerances of the LSMR solves of the backward pass; default the
+        forward's ``atol``, ``btol``.
 
     Returns
     -------
@@ -130,6 +156,14 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     finite iterate. Under JAX the loop is a ``lax.while_loop``: the solve works
     under ``jax.jit`` and ``jax.vmap``.
 
+    Gradients: under JAX (``jax.grad``, ``jax.vjp``) and PyTorch (``.backward()``,
+    ``torch.autograd.grad``) the solve is differentiable in ``A`` (dense, sparse
+    values, or the arrays a `LinearOperator` depends on), ``b``, ``x0`` and
+    ``damp``. The backward pass costs one (damped) to three (pseudo-inverse) more
+    LSMR solves, not the forward's iterations; see `lsqdiff.vjp` for NumPy and
+    CuPy. A ``damp`` given as an array is taken to be positive: pass a Python
+    ``0.0`` for the pseudo-inverse gradient.
+
     Examples
     --------
     >>> import numpy as np, lsqdiff
@@ -141,5 +175,7 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     """
     x, state, backend = solve(_lsqr, A, b, damp=damp, x0=x0, atol=atol, btol=btol,
                               conlim=conlim, maxiter=maxiter,
-                              default_maxiter=lambda m, n: 2 * n)
+                              default_maxiter=lambda m, n: 2 * n,
+                              assume_full_rank=assume_full_rank, grad_atol=grad_atol,
+                              grad_btol=grad_btol)
     return x, make_info(state, backend)
