@@ -109,6 +109,16 @@ def test_torch_devices_differ(solver):
         solver(A, torch.ones(4, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("which", ["A", "x0"])
+def test_strict_devices_differ(solver, which):
+    strict = load_backend("array_api_strict")
+    other = strict.Device("device1")
+    A = strict.asarray(A_NP, device=other if which == "A" else None)
+    x0 = strict.asarray(np.zeros(3), device=other if which == "x0" else None)
+    with pytest.raises(TypeError, match=rf"^{which} is on device .*device1.* but b is on device"):
+        solver(A, strict.asarray(B_NP), x0=x0)
+
+
 def test_linear_operator_without_rmatvec_under_numpy(solver):
     op = lsqdiff.LinearOperator(A_NP.shape, lambda v: A_NP @ v)
     with pytest.raises(TypeError, match=r"rmatvec"):
@@ -207,10 +217,10 @@ def test_non_real_tolerances(solver, name):
 # NaN and Inf: istop 8, never "converged"
 # --------------------------------------------------------------------------- #
 
-pytestmark_nan = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+ignore_runtime_warnings = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
-@pytestmark_nan
+@ignore_runtime_warnings
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("where", ["b", "x0"])
 def test_nonfinite_input(xp, solver, Ab, where, bad):
@@ -226,7 +236,7 @@ def test_nonfinite_input(xp, solver, Ab, where, bad):
         np.testing.assert_array_equal(to_np(x), x0_np)
 
 
-@pytestmark_nan
+@ignore_runtime_warnings
 def test_nonfinite_in_one_column(xp, solver):
     """A NaN in one column of b stops that column only; the other is solved."""
     A, b = make_problem("tall", seed=30)
@@ -241,7 +251,7 @@ def test_nonfinite_in_one_column(xp, solver):
     assert np.all(np.isfinite(X[:, 1]))
 
 
-@pytestmark_nan
+@ignore_runtime_warnings
 def test_nonfinite_A(xp, solver):
     A = A_NP.copy()
     A[0, 0] = np.inf
@@ -264,7 +274,7 @@ def breaking_operator(xp, A, good_calls):
     return lsqdiff.LinearOperator(A.shape, matvec, lambda u: Ax.T @ u)
 
 
-@pytestmark_nan
+@ignore_runtime_warnings
 def test_nan_from_operator_mid_solve(xp, solver):
     """The 5th product returns NaN: the solve stops with istop 8 and returns the
     last finite iterate, the 4th, exactly as a 4-step solve would."""
@@ -282,7 +292,7 @@ def test_nan_from_operator_mid_solve(xp, solver):
     assert np.isfinite(v["normr"]) and np.isfinite(v["normx"])
 
 
-@pytestmark_nan
+@ignore_runtime_warnings
 def test_nan_from_operator_mid_solve_one_column(xp, solver):
     """With 2-D b, an operator breaking down in one column stops that column only."""
     if is_jax(xp):

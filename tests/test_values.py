@@ -458,6 +458,49 @@ def test_jax_bcoo(k):
 
 
 # --------------------------------------------------------------------------- #
+# Arrays on a device other than the CPU
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("k", [None, 2], ids=["1d", "2d"])
+def test_strict_non_default_device(solver, k):
+    """array_api_strict's simulated second device stands for any array-API
+    library's accelerator arrays: x stays on that device, and the diagnostics
+    still come back as host values (Python scalars / NumPy arrays)."""
+    strict = load_backend("array_api_strict")
+    device = strict.Device("device1")
+    A, b = make_problem("tall", seed=33, k=k)
+    x, info = solve_tight(solver, strict.asarray(A, device=device),
+                          strict.asarray(b, device=device))
+    assert x.device == device
+    v = info_np(info)
+    if k is None:
+        assert type(info.itn) is int and type(info.normr) is float
+    else:
+        assert isinstance(info.itn, np.ndarray) and v["itn"].shape == (2,)
+    assert_converged(info)
+    assert_solution(np.from_dlpack(x), lstsq_ref(A, b), RTOL["float64"])
+
+
+@pytest.mark.parametrize("k", [None, 2], ids=["1d", "2d"])
+def test_strict_device_without_float64(solver, k):
+    """On a device without float64 (array_api_strict's 'no_float64', like Apple's
+    MPS) float32 stays float32 and integers become the device's default float32."""
+    strict = load_backend("array_api_strict")
+    device = strict.Device("no_float64")
+    A = np.array([[1, 0, 2], [0, 1, 1], [1, 1, 0], [2, 0, 1], [0, 3, 1], [1, 1, 1]])
+    b = np.array([1, 2, 3, 4, 5, 6])
+    b = b if k is None else np.stack([b, -b], axis=1)
+    ref = lstsq_ref(A.astype(float), b.astype(float))
+    for dtype in (None, strict.float32):
+        x, info = solver(strict.asarray(A, dtype=dtype, device=device),
+                         strict.asarray(b, dtype=dtype, device=device),
+                         maxiter=100, **TIGHT["float32"])
+        assert x.dtype == strict.float32 and x.device == device
+        assert_converged(info)
+        assert_solution(np.from_dlpack(x), ref, RTOL["float32"])
+
+
+# --------------------------------------------------------------------------- #
 # b = 0, maxiter = 0, inputs left alone
 # --------------------------------------------------------------------------- #
 
@@ -477,11 +520,14 @@ def test_zero_b(xp, solver):
 
 
 @pytest.mark.parametrize("shape, damp", [("wide", 0.0), ("tall", 0.5)], ids=["wide", "damped"])
-def test_zero_b_with_x0_follows_warm_start_semantics(solver, shape, damp):
+def test_zero_b_with_x0_follows_warm_start_semantics(xp, solver, shape, damp):
+    """b = 0 with x0: x = x0 + argmin_d ||A d + A x0||^2 + damp^2 ||d||^2, which is
+    not 0 when A has a null space or damp > 0 (SciPy's lsmr returns zeros)."""
     A, _ = make_problem(shape, seed=27)
     m, n = A.shape
     x0 = np.random.default_rng(28).standard_normal(n)
-    x, info = solve_tight(solver, A, np.zeros(m), x0=x0, damp=damp)
+    x, info = solve_tight(solver, to_xp(xp, A), to_xp(xp, np.zeros(m)), x0=to_xp(xp, x0),
+                          damp=damp)
     ref = damped_ref(A, np.zeros(m), damp, x0)
     assert np.linalg.norm(ref) > 0.1  # zeros would be wrong here
     assert_converged(info)
@@ -557,19 +603,16 @@ def test_info_norms_are_true_norms(xp, solver, damp):
                                np.linalg.norm(A.T @ r - damp**2 * (x - x0)), rtol=1e-8)
 
 
-@pytest.mark.parametrize("solver_name", [
-    "lsmr",
-    pytest.param("lsqr", marks=pytest.mark.xfail(strict=True, reason=(
-        "LSQR with x0 reports SciPy's running estimate of ||x - x0|| as info.normx; "
-        "SolveInfo documents normx as ||x|| (LSMR reports ||x||)"))),
-])
+@pytest.mark.parametrize("solver_name", ["lsmr", "lsqr"])
 def test_info_normx_with_x0(solver_name):
+    """As documented: LSMR reports ||x||, LSQR ||x - x0|| (SciPy's xnorm)."""
     solver = getattr(lsqdiff, solver_name)
     A, b = make_problem("tall", seed=31)
     x0 = np.random.default_rng(32).standard_normal(A.shape[1])
     x, info = solve_tight(solver, A, b, x0=x0)
     assert_converged(info)
-    np.testing.assert_allclose(info.normx, np.linalg.norm(x), rtol=1e-8)
+    expected = x if solver_name == "lsmr" else x - x0
+    np.testing.assert_allclose(info.normx, np.linalg.norm(expected), rtol=1e-8)
 
 
 def test_info_types_1d(xp, solver):

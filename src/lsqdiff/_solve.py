@@ -131,15 +131,15 @@ def _inspect_operator(A: Any, b: Any, xp: Any, backend: Backend) -> tuple[Any, t
 
 
 def _solve_dtype(xp: Any, op_dtype: Any, b: Any, x0: Any) -> Any:
-    """Common dtype of the inputs; integer and boolean inputs become the default float."""
+    """Common dtype of the floating inputs (integer and boolean inputs follow them,
+    so float32 stays float32); all-integer inputs give the default float."""
     dtypes = [b.dtype] + ([] if op_dtype is None else [op_dtype])
     if x0 is not None:
         dtypes.append(x0.dtype)
-    if not all(xp.isdtype(d, ("real floating", "complex floating")) for d in dtypes):
+    floating = [d for d in dtypes if xp.isdtype(d, ("real floating", "complex floating"))]
+    if not floating:
         info = xp.__array_namespace_info__().default_dtypes(device=aac.device(b))
-        complex_ = any(xp.isdtype(d, "complex floating") for d in dtypes)
-        dtypes = [d for d in dtypes if xp.isdtype(d, ("real floating", "complex floating"))]
-        dtypes.append(info["complex floating" if complex_ else "real floating"])
-    return xp.result_type(*dtypes)
+        floating = [info["real floating"]]
+    return xp.result_type(*floating)
 
 

@@ -117,7 +117,7 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
     kwargs = {"damp": 0.0, "x0": None, "atol": 1e-6, "btol": 1e-6, "conlim": 1e8,
               "maxiter": None, **kwargs}
     p = prepare(method, A, b, default_maxiter=default_maxiter, **kwargs)
-    with p.backend.untracked():
+    with p.backend.solve_context():
         state = p.run(*p.args)
     x = state["x"]
     A_, b_, x0_, damp_ = p.args
@@ -127,7 +127,7 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
         if tuple(x_bar.shape) != tuple(x.shape):
             raise ValueError(f"x_bar must have the shape of x, {tuple(x.shape)}, got "
                              f"{tuple(x_bar.shape)}")
-        with p.backend.untracked():
+        with p.backend.solve_context():
             cot = p.backward(A_, b_, x0_, damp_, x, x_bar)
         return Gradients(LowRank(cot.A, p.xp, shape), cot.b, cot.x0, float(cot.damp))
 

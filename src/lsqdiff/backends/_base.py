@@ -37,14 +37,15 @@ class Backend:
             state = body(state)
         return state
 
-    def untracked(self) -> AbstractContextManager[Any]:
-        """Context for the solve: autodiff must never record the iterations."""
+    def solve_context(self) -> AbstractContextManager[Any]:
+        """Context for the solve's arithmetic: autodiff must never record the
+        iterations, and IEEE inf/nan are expected (stopped columns run on)."""
         return nullcontext()
 
     def differentiable(self, p: Prepared) -> State:
         """Run the solve; frameworks with autodiff register ``p.backward`` as its
         gradient. Here there is none: `lsqdiff.vjp` gives the pullback by hand."""
-        with self.untracked():
+        with self.solve_context():
             return p.run(*p.args)
 
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,4 +89,9 @@ class Backend:
 
         if getattr(value, "ndim", 0) == 0:
             return value.item() if hasattr(value, "item") else value
-        return np.asarray(value)
+        try:
+            return np.asarray(value)
+        except (RuntimeError, TypeError, ValueError):
+            # An array on a non-CPU device may refuse __array__; DLPack is the
+            # array API's way to hand it to NumPy.
+            return np.from_dlpack(value)

@@ -25,6 +25,10 @@ class NumpyBackend(Backend):
             return math.sqrt(float(np.dot(v, v)))  # what np.linalg.norm does for 1-D, minus overhead
         return float(np.linalg.norm(v))
 
+    def solve_context(self) -> Any:
+        # Stopped columns of a 2-D b may divide by zero; their results are masked.
+        return np.errstate(divide="ignore", invalid="ignore")
+
     def dense_operator(self, A: Any) -> Operator:
         # np.matrix would turn A @ v into a (1, m) matrix: use the plain array.
         return super().dense_operator(np.asarray(A))

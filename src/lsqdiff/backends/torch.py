@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class TorchBackend(Backend):
     name = "torch"
 
-    def untracked(self) -> Any:
+    def solve_context(self) -> Any:
         return torch.no_grad()
 
     def differentiable(self, p: Prepared) -> State:
