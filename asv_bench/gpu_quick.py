@@ -18,26 +18,13 @@ Timings are medians of interleaved repeats, each synchronised with the device.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
+from quick import interleaved_samples, median  # the CPU script's timing loop
 
 import lsqdiff
 
 PROBLEMS = [(4000, 2000), (20000, 5000)]
-
-
-def medians(fns: dict, repeats: int) -> dict:
-    for f in fns.values():
-        f()
-    times: dict = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def frameworks(A: np.ndarray, b: np.ndarray):
@@ -104,7 +91,7 @@ def main() -> None:
                         sync()
 
                     fns["cupyx"] = anchor
-                t = medians(fns, args.repeats)
+                t = {k: median(v) for k, v in interleaved_samples(fns, args.repeats).items()}
                 per_iter = t["solve"] / args.iters
                 vs_cupyx = f"{t['solve'] / t['cupyx']:.2f}" if "cupyx" in t else "-"
                 rows.append((f"{m}x{n}", np.dtype(dtype).name, name, f"{per_iter * 1e6:.0f}",
