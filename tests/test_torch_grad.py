@@ -270,7 +270,8 @@ def test_uncoalesced_coo_gradient():
     rows, cols = np.nonzero(np.ones_like(A))
     idx = np.concatenate([np.stack([rows, cols]), [[0, 5], [1, 3]]], axis=1)  # two duplicates
     vals = np.concatenate([A[rows, cols], [0.5, -0.25]])
-    As = torch.sparse_coo_tensor(t(idx), t(vals), A.shape).requires_grad_(True)
+    As = torch.sparse_coo_tensor(t(idx), t(vals), A.shape, check_invariants=True)
+    As.requires_grad_(True)
     A_eff = A.copy()
     A_eff[0, 1] += 0.5
     A_eff[5, 3] += -0.25
@@ -278,3 +279,40 @@ def test_uncoalesced_coo_gradient():
     loss_of(solve(lsqdiff.lsmr, As, t(b)), x_bar).backward()
     ref = closed_form(A_eff, b, None, 0.0, x_bar)["A"]
     assert_close(As.grad.to_dense().numpy(), ref, 1e-9, 0, "A")
+
+
+# --------------------------------------------------------------------------- #
+# damp = 0 as a tensor; forward mode
+# --------------------------------------------------------------------------- #
+
+def test_zero_damp_tensor_uses_the_pseudo_inverse_rule():
+    """A concrete 0-d damp tensor equal to 0 (even one requiring grad) selects the
+    pseudo-inverse rule: finite gradients, 0 for damp (x depends on damp^2)."""
+    A, b, x0, _, x_bar = small_problem("wide-x0")
+    At, dt = t(A, True), t(0.0, True)
+    loss_of(solve(lsqdiff.lsmr, At, t(b), t(x0), dt), x_bar).backward()
+    assert dt.grad.item() == 0.0
+    assert_close(At.grad.numpy(), closed_form(A, b, x0, 0.0, x_bar)["A"], 1e-9, 1e-12, "A")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("api", ["func.jvp", "forward_ad"])
+@pytest.mark.parametrize("wrt", ["A", "b"])
+def test_forward_mode_raises(api, wrt):
+    """Forward mode is not implemented: it raises instead of returning the
+    tangent of the iterations with the host scalars' tangents dropped (which
+    was silently wrong in A)."""
+    A, b, _, _, _ = small_problem("tall-damped")
+    At, bt = t(A), t(b)
+    primal = At if wrt == "A" else bt
+    tangent = torch.ones_like(primal)
+    f = (lambda A: lsqdiff.lsmr(A, bt, damp=0.5)[0]) if wrt == "A" else \
+        (lambda b: lsqdiff.lsmr(At, b, damp=0.5)[0])
+    with pytest.raises(NotImplementedError, match=r"forward-mode AD"):
+        if api == "func.jvp":
+            torch.func.jvp(f, (primal,), (tangent,))
+        else:
+            import torch.autograd.forward_ad as fwAD
+
+            with fwAD.dual_level():
+                f(fwAD.make_dual(primal, tangent))

@@ -29,7 +29,9 @@ class Prepared:
     ``run(A, b, x0, damp)`` returns the final state; ``backward(A, b, x0, damp,
     x, x_bar)`` the `Cotangents`; ``operator(A)`` the products with ``A``. They
     take the inputs as arguments so that adapters can pass traced or detached
-    versions of them.
+    versions of them. ``cache_key`` is None, or a hashable key such that every
+    `Prepared` with that key has ``backward`` and ``operator`` that act alike
+    (traced backends compile the backward pass once per key).
     """
 
     backend: Backend
@@ -39,12 +41,14 @@ class Prepared:
     backward: Callable[..., Cotangents]
     operator: Callable[[Any], Operator]
     args: tuple[Any, Any, Any, Any]
+    cache_key: Any = None
 
 
 def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: float,
             btol: float, conlim: float, maxiter: int | None, default_maxiter: Any,
             assume_full_rank: bool = False, grad_atol: float | None = None,
-            grad_btol: float | None = None, **method_options: Any) -> Prepared:
+            grad_btol: float | None = None, grad_maxiter: int | None = None,
+            **method_options: Any) -> Prepared:
     """Check the inputs of a solve with ``method`` (``_lsmr`` or ``_lsqr``)."""
     xp = _validate.namespace_of_b(b)
     backend = backend_for(xp)
@@ -52,6 +56,7 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
     for name, tol in (("grad_atol", grad_atol), ("grad_btol", grad_btol)):
         if tol is not None:
             _validate.check_tolerance(name, tol)
+    _validate.check_iteration_limit("grad_maxiter", grad_maxiter)
     if x0 is not None:
         _validate.check_same_framework("x0", x0, b, xp)
 
@@ -65,28 +70,34 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
         options=tuple(sorted(method_options.items())),
     )
     run = functools.partial(_driver.run, xp=xp, backend=backend, **settings)
+    dtype = settings["dtype"]
+    damped = _is_positive(damp)
+    cache_key = None
     if backend.traced and not _validate.is_operator(A):
         # Dense and sparse A are arguments, so one compiled loop serves every call
         # with these settings; a LinearOperator's closures are not, so it runs as is.
         run = backend.compiled(tuple(settings.values()), run)
-
-    dtype = settings["dtype"]
-    damped = _is_positive(damp)
+        # What else the backward pass depends on besides its array arguments.
+        cache_key = (tuple(settings.values()), damped, bool(assume_full_rank), grad_atol,
+                     grad_btol, grad_maxiter)
 
     def operator(A_: Any) -> Operator:
         return _driver.as_operator(A_, xp, backend, dtype, aac.device(b))
 
     def backward(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, x_bar: Any) -> Cotangents:
-        # The backward solves use LSMR with the forward's tolerances unless overridden.
+        # The backward solves use LSMR with the forward's tolerances unless overridden,
+        # and run up to min(m, n) iterations or the forward's maxiter, whichever is
+        # larger, unless grad_maxiter caps them.
         return pullback(
             operator(A_), xp.astype(b_, dtype), x, None if x0_ is None else xp.astype(x0_, dtype),
             damp_, xp.astype(x_bar, dtype), xp=xp, backend=backend, dtype=dtype,
             atol=settings["atol"] if grad_atol is None else float(grad_atol),
             btol=settings["btol"] if grad_btol is None else float(grad_btol),
             ctol=settings["ctol"], maxiter=settings["maxiter"],
-            damped=damped, assume_full_rank=assume_full_rank)
+            damped=damped, assume_full_rank=assume_full_rank,
+            limit=None if grad_maxiter is None else int(grad_maxiter))
 
-    return Prepared(backend, xp, dtype, run, backward, operator, (A, b, x0, damp))
+    return Prepared(backend, xp, dtype, run, backward, operator, (A, b, x0, damp), cache_key)
 
 
 def solve(method: ModuleType, A: Any, b: Any, **kwargs: Any) -> tuple[Any, dict[str, Any], Backend]:

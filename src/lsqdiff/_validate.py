@@ -84,6 +84,16 @@ def check_options(damp: Any, atol: Any, btol: Any, conlim: Any, maxiter: Any) ->
         raise ValueError(f"damp must be >= 0, got {value}")
 
 
+def check_iteration_limit(name: str, value: Any) -> None:
+    """``value`` is None or a non-negative int (``maxiter``, ``grad_maxiter``)."""
+    if value is None:
+        return
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a non-negative int or None, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
 def check_tolerance(name: str, value: Any) -> None:
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")

@@ -87,7 +87,7 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
         The solver to run (the backward pass always uses LSMR).
     A, b, **kwargs
         As for the solver, including ``damp``, ``x0``, ``assume_full_rank``,
-        ``grad_atol`` and ``grad_btol``.
+        ``grad_atol``, ``grad_btol`` and ``grad_maxiter``.
 
     Returns
     -------

@@ -12,7 +12,8 @@ from ._solve import make_info, solve
 def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
          btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None,
          assume_full_rank: bool = False, grad_atol: float | None = None,
-         grad_btol: float | None = None) -> tuple[Any, SolveInfo]:
+         grad_btol: float | None = None, grad_maxiter: int | None = None
+         ) -> tuple[Any, SolveInfo]:
     """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSMR.
 
     LSMR (Fong & Saunders 2011) is MINRES applied to the normal equations:
@@ -51,6 +52,13 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     grad_atol, grad_btol : float, optional
         Tolerances of the LSMR solves of the backward pass; default the
         forward's ``atol``, ``btol``.
+    grad_maxiter : int, optional
+        Iteration limit of each LSMR solve of the backward pass. By default
+        each may run ``min(m, n)`` iterations, or ``maxiter`` if that is larger,
+        so a forward solve capped at a few iterations may be followed by much
+        longer backward solves; ``grad_maxiter = maxiter`` bounds them by the
+        forward's budget (matfree's rule), at the cost of gradient accuracy
+        when they stop on it.
 
     Returns
     -------
@@ -91,14 +99,15 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
                               conlim=conlim, maxiter=maxiter,
                               default_maxiter=lambda m, n: min(m, n),
                               assume_full_rank=assume_full_rank, grad_atol=grad_atol,
-                              grad_btol=grad_btol)
+                              grad_btol=grad_btol, grad_maxiter=grad_maxiter)
     return x, make_info(state, backend)
 
 
 def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
          btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None,
          assume_full_rank: bool = False, grad_atol: float | None = None,
-         grad_btol: float | None = None) -> tuple[Any, SolveInfo]:
+         grad_btol: float | None = None, grad_maxiter: int | None = None
+         ) -> tuple[Any, SolveInfo]:
     """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSQR.
 
     LSQR (Paige & Saunders 1982) is conjugate gradients on the normal
@@ -137,6 +146,13 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     grad_atol, grad_btol : float, optional
         Tolerances of the LSMR solves of the backward pass; default the
         forward's ``atol``, ``btol``.
+    grad_maxiter : int, optional
+        Iteration limit of each LSMR solve of the backward pass. By default
+        each may run ``min(m, n)`` iterations, or ``maxiter`` if that is larger,
+        so a forward solve capped at a few iterations may be followed by much
+        longer backward solves; ``grad_maxiter = maxiter`` bounds them by the
+        forward's budget (matfree's rule), at the cost of gradient accuracy
+        when they stop on it.
 
     Returns
     -------
@@ -177,5 +193,5 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
                               conlim=conlim, maxiter=maxiter,
                               default_maxiter=lambda m, n: 2 * n,
                               assume_full_rank=assume_full_rank, grad_atol=grad_atol,
-                              grad_btol=grad_btol)
+                              grad_btol=grad_btol, grad_maxiter=grad_maxiter)
     return x, make_info(state, backend)

@@ -82,6 +82,17 @@ class Backend:
         """Apply a vector function to each column of a block."""
         return columnwise(vec, xp)
 
+    # -- devices ---------------------------------------------------------------
+    def on_cpu(self, a: Any) -> bool:
+        """Whether ``a`` lives on a CPU. There a product with a few columns costs
+        more than that many matrix-vector products, so the backward pass solves a
+        pair of right-hand sides one at a time (`lsqdiff._gradient.pullback`)."""
+        import array_api_compat as aac
+
+        device = aac.device(a)
+        kind = getattr(device, "type", None) or getattr(device, "platform", None) or device
+        return str(kind).lower() == "cpu"
+
     # -- results ---------------------------------------------------------------
     def to_host(self, value: Any) -> Any:
         """A 0-d or 1-d result array as a Python scalar or NumPy array."""

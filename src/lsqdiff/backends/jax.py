@@ -51,17 +51,33 @@ class JaxBackend(Backend):
             state = solve(A_args, b, x0, damp)
             return state, (A_args, b, x0, damp, state["x"])
 
+        gradients = self._gradients(p, rebuild)
+
         def backward(res: Any, state_bar: State) -> tuple[Any, ...]:
             A_args, b, x0, damp, x = res
-            cot = p.backward(rebuild(A_args), b, x0, damp, x, jnp.conj(state_bar["x"]))
-            # The operator's cotangent: JAX's gradient of sum_k s_k Re<U_k, A V_k>.
-            _, pull = jax.vjp(lambda a: cot.A.contract(p.operator(rebuild(a)).matvec, jnp), A_args)
-            (A_bar,) = pull(jnp.ones((), dtype=jnp.real(x).dtype))
-            x0_bar = None if x0 is None else _like(jnp.conj(cot.x0), x0)
-            return A_bar, _like(jnp.conj(cot.b), b), x0_bar, _like(cot.damp, damp)
+            A_bar, b_bar, x0_bar, damp_bar = gradients(A_args, b, x0, damp, x,
+                                                       jnp.conj(state_bar["x"]))
+            x0_bar = None if x0 is None else _like(jnp.conj(x0_bar), x0)
+            return A_bar, _like(jnp.conj(b_bar), b), x0_bar, _like(damp_bar, damp)
 
         solve.defvjp(forward, backward)
         return solve(A_args, b, x0, jnp.asarray(damp))
+
+    def _gradients(self, p: Prepared, rebuild: Callable[[Any], Any]) -> Callable[..., Any]:
+        """``(A_args, b, x0, damp, x, x_bar) -> (A_bar, b_bar, x0_bar, damp_bar)``,
+        compiled once per ``p.cache_key``: outside ``jit`` the backward pass would
+        otherwise retrace and recompile its LSMR loops on every call (~1 s)."""
+
+        def gradients(A_args: Any, b: Any, x0: Any, damp: Any, x: Any, x_bar: Any) -> Any:
+            cot = p.backward(rebuild(A_args), b, x0, damp, x, x_bar)
+            # The operator's cotangent: JAX's gradient of sum_k s_k Re<U_k, A V_k>.
+            _, pull = jax.vjp(lambda a: cot.A.contract(p.operator(rebuild(a)).matvec, jnp), A_args)
+            (A_bar,) = pull(jnp.ones((), dtype=jnp.real(x).dtype))
+            return A_bar, cot.b, cot.x0, cot.damp
+
+        if p.cache_key is None:  # a LinearOperator: its closures differ from call to call
+            return gradients
+        return self.compiled(("backward",) + p.cache_key, gradients)
 
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
         # Without this every eager call would retrace and recompile the loop.
@@ -103,6 +119,14 @@ class JaxBackend(Backend):
 
     def to_host(self, value: Any) -> Any:
         return value  # may be a tracer: results stay JAX arrays
+
+    def on_cpu(self, a: Any) -> bool:
+        # A tracer has no device; under jit it runs on the default backend.
+        try:
+            platform = a.device.platform
+        except Exception:  # a tracer, or an array spread over several devices
+            platform = jax.default_backend()
+        return platform == "cpu"
 
 
 def _operator_arguments(A: Any, p: Prepared) -> tuple[Any, Callable[[Any], Any]]:

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""What a gradient costs: value-and-grad time / forward time (no asv needed).
+
+    python asv_bench/grad_quick.py           # full run, ~5 minutes
+    python asv_bench/grad_quick.py --quick   # smoke run, ~1 minute
+
+For the problems of ``benchmarks/grad_common.py`` (tall 2000x500, wide
+500x2000, damped 2000x500 with damp = 1; float64, cond 100) and two solver
+settings (``tol``: atol = btol = 1e-6; ``fixed60``: exactly 60 iterations,
+atol = btol = conlim = 0, as in matfree's published comparison), prints, per
+implementation:
+
+* the ratio value-and-grad time / forward time, where the forward computes
+  ``L = sum(x**2)`` and value-and-grad ``L`` and ``dL/dA``, ``dL/db``:
+  lsqdiff under JAX (``jax.jit`` of ``jax.value_and_grad``) and PyTorch
+  (``loss.backward()`` against the solve on tensors that need no gradient), and
+  matfree's LSMR under JAX where matfree is installed. Target: <= 2.5
+  (stretch 2.0);
+* the iteration counts of the forward solve and of each backward solve;
+* the relative error of ``dL/dA`` against the dense closed form.
+
+Each ratio is the median over rounds of value-and-grad / forward timed in the
+same round; every callable of a problem and setting is timed round-robin (the
+order alternating between rounds), so a shared machine's drift hits all alike.
+JAX is compiled before timing and synchronised with ``block_until_ready``.
+``--threads 1`` (the default) pins OpenBLAS/MKL, PyTorch and XLA to one thread
+each: on a small, shared machine multi-threaded BLAS calls are far noisier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+gc = None  # benchmarks.grad_common, imported in main() after the thread settings
+
+
+def limit_threads(n: int) -> None:
+    """Run every framework's kernels on ``n`` threads (before any is imported)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if n == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false")
+
+
+def interleaved_samples(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Wall times of each callable, timed round-robin, the order alternating."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times: dict = {k: [] for k in fns}
+    keys = list(fns)
+    for r in range(repeats):
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def paired_ratio(num: list, den: list) -> float:
+    """Median over rounds of num/den from the same round."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def mark(ratio: float) -> str:
+    verdict = "ok" if ratio <= 2.0 else "ok (<=2.5)" if ratio <= 2.5 else "MISS"
+    return f"{ratio:.2f} {verdict}"
+
+
+def implementations(variants, with_matfree: bool):
+    """(framework, variant) pairs to time."""
+    out = []
+    for v in variants:
+        if v.startswith("matfree"):
+            if with_matfree:
+                out.append(("jax", v))
+        else:
+            out += [("jax", v), ("torch", v)]
+    return out
+
+
+def measure(problem: str, mode: str, variants, repeats: int, with_matfree: bool):
+    """Rows of the ratio table for one problem and setting."""
+    fns, pairs = {}, []
+    for fw, v in implementations(variants, with_matfree):
+        if not gc.variant_applies(problem, mode, v):
+            continue
+        make = gc.jax_callables if fw == "jax" else gc.torch_callables
+        fwd, vg = make(problem, mode, v)
+        fns[(fw, v, "fwd")], fns[(fw, v, "vg")] = fwd, vg
+        pairs.append((fw, v))
+    t = interleaved_samples(fns, repeats)
+    _, ref_A, _ = gc.reference_gradients(problem)
+    rows = []
+    for fw, v in pairs:
+        fwd, vg = t[(fw, v, "fwd")], t[(fw, v, "vg")]
+        itn_fwd, itn_bwd = gc.count_iterations(problem, mode, v, "torch")
+        grad_A = fns[(fw, v, "vg")]()
+        grad_A = grad_A[1][0] if fw == "jax" else grad_A[1]
+        rows.append([problem, mode, fw, v, f"{statistics.median(fwd) * 1e3:.1f}",
+                     f"{statistics.median(vg) * 1e3:.1f}", mark(paired_ratio(vg, fwd)),
+                     str(itn_fwd), "+".join(map(str, itn_bwd)),
+                     f"{gc.relative_error(grad_A.detach() if fw == 'torch' else grad_A, ref_A):.1e}"])
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run (~1 min): fewer variants and repeats")
+    ap.add_argument("--repeats", type=int, default=None, help="rounds per ratio (default 9, --quick 3)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads for BLAS, PyTorch and XLA (default 1; 0: the libraries' defaults)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        limit_threads(args.threads)
+    global gc
+    from benchmarks import grad_common as gc
+
+    repeats = args.repeats or (3 if args.quick else 9)
+    variants = (("lsqdiff", "lsqdiff+fr+cap", "matfree") if args.quick else gc.VARIANTS)
+    jax = gc.enable_jax_x64()
+    import numpy as np
+    import torch
+
+    import lsqdiff
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with_matfree = gc.have("matfree")
+    mf = "not installed: skipped"
+    if with_matfree:
+        import matfree
+
+        mf = getattr(matfree, "__version__", "installed")
+    print(f"lsqdiff {lsqdiff.__version__} | numpy {np.__version__} | jax {jax.__version__} | "
+          f"torch {torch.__version__} | matfree {mf} | {os.cpu_count()} CPUs | "
+          f"threads {args.threads or 'default'} | float64 | {repeats} rounds\n")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: 1-min load average is {load:.2f} on {os.cpu_count()} CPUs; other work "
+              "skews these timings (the interleaving only partly cancels it)\n")
+    t0 = time.perf_counter()
+    rows = []
+    for mode in gc.MODES:
+        for problem in gc.GRAD_PROBLEMS:
+            rows += measure(problem, mode, variants, repeats, with_matfree)
+            print(f"  done {problem} {mode}", file=sys.stderr)
+    print("value-and-grad time / forward time (target <= 2.5, stretch <= 2.0); iterations of "
+          "the forward and of each backward solve; relative error of dL/dA against the "
+          "dense closed form\n")
+    header = ["problem", "setting", "framework", "implementation", "forward ms",
+              "value+grad ms", "ratio", "fwd itn", "bwd itn", "dL/dA rel. err"]
+    print(table(header, rows))
+    print(f"\n({time.perf_counter() - t0:.0f} s; 1-min load average at the end "
+          f"{os.getloadavg()[0]:.2f})")
+
+
+if __name__ == "__main__":
+    main()
