@@ -2,8 +2,10 @@
 
 ``import lsqdiff`` imports no array framework; the adapter for NumPy, PyTorch,
 JAX or CuPy loads when an array of that framework first reaches a solver.
+`lsqdiff.nullspace` trains under equality constraints (the null-space method).
 """
 
+from . import nullspace
 from ._info import STOP_MESSAGES, SolveInfo
 from .adjoint import Gradients, LowRank, vjp
 from .operator import LinearOperator

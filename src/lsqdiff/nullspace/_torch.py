@@ -1,0 +1,129 @@
+"""PyTorch part of `lsqdiff.nullspace.project`: flatten tensors, linearise with
+``torch.func``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import array_api_compat
+import torch
+
+from ._core import Linearization
+
+
+def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> Linearization:
+    """``J`` of ``constraint`` at ``params`` as JVP/VJP closures, ``direction`` flattened."""
+    p_leaves, rebuild = _leaves(params, "params")
+    h_leaves, rebuild_h = _leaves(direction, "direction")
+    _check_match(params, direction, p_leaves, h_leaves)
+    p_dtype = _widest(p_leaves)
+    dtype = torch.promote_types(p_dtype, _widest(h_leaves))
+    shapes = [t.shape for t in p_leaves]
+    sizes = [t.numel() for t in p_leaves]
+
+    def unflatten(flat: Any, like: Sequence[Any]) -> list[Any]:
+        # Views of the one flat buffer, cast back to each leaf's own dtype (a no-op
+        # when it matches) so that the constraint sees the dtypes it was written for.
+        return [part.view(shape).to(t.dtype)
+                for part, shape, t in zip(torch.split(flat, sizes), shapes, like)]
+
+    def c_of(flat: Any) -> Any:
+        c = constraint(rebuild(unflatten(flat, p_leaves)))
+        _check_output(c)
+        return c
+
+    with torch.no_grad():
+        # One buffer each: the flat parameters (detached: no graph reaches the
+        # caller's tensors) and the flat direction (a copy, so never mutated).
+        theta = torch.cat([t.detach().reshape(-1).to(p_dtype) for t in p_leaves])
+        h = torch.cat([t.detach().reshape(-1).to(dtype) for t in h_leaves])
+    # torch.func transforms ignore the caller's no_grad; the VJP graph is built once
+    # and reused for every product with J^T.
+    c, pullback = torch.func.vjp(c_of, theta)
+    c = c.detach()
+    dtype = torch.promote_types(dtype, c.dtype)
+
+    def matvec(v: Any) -> Any:
+        return torch.func.jvp(c_of, (theta,), (v.to(p_dtype),))[1].to(dtype)
+
+    def rmatvec(u: Any) -> Any:
+        return pullback(u.to(c.dtype))[0].to(dtype)
+
+    def unflatten_direction(d: Any) -> Any:
+        return rebuild_h(unflatten(d, h_leaves))
+
+    return Linearization(xp=array_api_compat.array_namespace(c), dtype=dtype, h=h.to(dtype),
+                         c=c.to(dtype), matvec=_no_grad(matvec), rmatvec=_no_grad(rmatvec),
+                         unflatten=_no_grad(unflatten_direction), host=_host)
+
+
+def _leaves(tree: Any, name: str) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+    """The tensors of a tensor, sequence or dict, and how to rebuild that container."""
+    if isinstance(tree, torch.Tensor):
+        return [tree], lambda leaves: leaves[0]
+    if isinstance(tree, Mapping):
+        keys = list(tree.keys())
+        leaves = list(tree.values())
+        rebuild: Callable[[list[Any]], Any] = lambda ls: dict(zip(keys, ls))  # noqa: E731
+    elif isinstance(tree, (list, tuple)):
+        leaves = list(tree)
+        rebuild = (lambda ls: list(ls)) if isinstance(tree, list) else (lambda ls: tuple(ls))
+    else:
+        raise TypeError(f"{name} must be a tensor, a list/tuple of tensors or a dict of "
+                        f"tensors, got {type(tree).__name__}")
+    if not leaves:
+        raise ValueError(f"{name} is empty")
+    for i, leaf in enumerate(leaves):
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(f"{name}: every entry must be a torch tensor, entry "
+                            f"{keys[i] if isinstance(tree, Mapping) else i!r} is "
+                            f"{type(leaf).__name__}")
+        if not leaf.is_floating_point():
+            raise TypeError(f"{name}: entries must be real floating tensors, got {leaf.dtype}")
+    return leaves, rebuild
+
+
+def _check_match(params: Any, direction: Any, p_leaves: list[Any], h_leaves: list[Any]) -> None:
+    if isinstance(params, Mapping) != isinstance(direction, Mapping) or \
+            isinstance(params, torch.Tensor) != isinstance(direction, torch.Tensor):
+        raise TypeError(f"direction must have params' structure: got {type(direction).__name__} "
+                        f"for params of type {type(params).__name__}")
+    if isinstance(params, Mapping) and list(params.keys()) != list(direction.keys()):
+        raise ValueError(f"direction's keys {list(direction.keys())} differ from params' "
+                         f"{list(params.keys())}")
+    if len(p_leaves) != len(h_leaves):
+        raise ValueError(f"direction has {len(h_leaves)} tensors but params has {len(p_leaves)}")
+    for i, (p, h) in enumerate(zip(p_leaves, h_leaves)):
+        if p.shape != h.shape:
+            raise ValueError(f"direction entry {i} has shape {tuple(h.shape)} but the "
+                             f"parameter has {tuple(p.shape)}")
+        if p.device != h.device:
+            raise ValueError(f"direction entry {i} is on {h.device} but the parameter on {p.device}")
+
+
+def _check_output(c: Any) -> None:
+    if not isinstance(c, torch.Tensor):
+        raise TypeError(f"constraint must return a 1-D torch tensor, got {type(c).__name__}")
+    if c.ndim != 1:
+        raise ValueError(f"constraint must return a 1-D tensor, got shape {tuple(c.shape)}")
+    if not c.is_floating_point():
+        raise TypeError(f"constraint must return a real floating tensor, got {c.dtype}")
+
+
+def _widest(leaves: list[Any]) -> Any:
+    dtype = leaves[0].dtype
+    for t in leaves[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _no_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapped(*args: Any) -> Any:
+        with torch.no_grad():
+            return fn(*args)
+    return wrapped
+
+
+def _host(value: Any) -> Any:
+    return value.item() if isinstance(value, torch.Tensor) else value
