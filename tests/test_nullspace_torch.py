@@ -1,0 +1,240 @@
+"""`lsqdiff.nullspace.torch.ConstrainedOptimizer`: both placements, with SGD and Adam."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lsqdiff.nullspace import ProjectionInfo  # noqa: E402
+from lsqdiff.nullspace.torch import ConstrainedOptimizer  # noqa: E402
+
+# PyTorch's first forward-mode product loads decompositions through torch.jit.script.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+
+TIGHT = dict(atol=1e-12, btol=1e-12, maxiter=100)
+
+
+def linear_problem(seed=0, k=5):
+    """Two leaves (N = 30), a linear constraint A theta = b (k rows), a quadratic loss."""
+    rng = np.random.default_rng(seed)
+    w = torch.tensor(rng.standard_normal(20), requires_grad=True)
+    v = torch.tensor(rng.standard_normal((2, 5)), requires_grad=True)
+    A = torch.tensor(rng.standard_normal((k, 30)))
+    b = torch.tensor(rng.standard_normal(k))
+    target = torch.tensor(rng.standard_normal(30))
+
+    def constraint(p):
+        return A @ torch.cat([p[0], p[1].reshape(-1)]) - b
+
+    def loss(p=(w, v)):
+        return ((torch.cat([p[0], p[1].reshape(-1)]) - target) ** 2).sum()
+
+    return [w, v], constraint, loss
+
+
+def residual(constraint, params):
+    with torch.no_grad():
+        return float(torch.linalg.vector_norm(constraint(params)))
+
+
+def run(opt, loss, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+
+
+def test_gradient_placement_sgd_rate():
+    # Linear constraint, SGD: c_{t+1} = c_t - eta J d = (1 - eta gamma) c_t exactly.
+    params, constraint, loss = linear_problem()
+    eta, gamma = 0.05, 2.0
+    opt = ConstrainedOptimizer(torch.optim.SGD(params, lr=eta), constraint,
+                               placement="gradient", gamma=gamma, **TIGHT)
+    norms = [residual(constraint, params)]
+    for _ in range(6):
+        run(opt, loss, 1)
+        norms.append(residual(constraint, params))
+    np.testing.assert_allclose(np.array(norms[1:]) / norms[:-1], 1 - eta * gamma, rtol=1e-8)
+    assert len(opt.history) == 6 and opt.last_info is opt.history[-1]
+    assert opt.last_info.constraint_norm == pytest.approx(norms[-2], rel=1e-10)
+
+
+@pytest.mark.parametrize("base", ["sgd", "adam"])
+def test_update_placement_rate(base):
+    # Whatever the optimizer does, J u' = -gamma c: factor (1 - gamma) per step.
+    params, constraint, loss = linear_problem(seed=1)
+    gamma = 0.3
+    inner = (torch.optim.Adam(params, lr=0.1) if base == "adam"
+             else torch.optim.SGD(params, lr=0.05, momentum=0.9))
+    opt = ConstrainedOptimizer(inner, constraint, gamma=gamma, **TIGHT)
+    norms = [residual(constraint, params)]
+    loss0 = float(loss().detach())
+    for _ in range(6):
+        run(opt, loss, 1)
+        norms.append(residual(constraint, params))
+    np.testing.assert_allclose(np.array(norms[1:]) / norms[:-1], 1 - gamma, rtol=1e-7)
+    assert float(loss().detach()) < loss0
+    assert all(info.converged and info.residual_norm < 1e-9 for info in opt.history)
+
+
+def test_gradient_placement_adam_is_not_exact():
+    # Adam rescales the projected gradient per coordinate: the step leaves the null
+    # space, so the residual no longer follows (1 - eta gamma), but the correction
+    # still keeps it far below what plain Adam reaches.
+    params, constraint, loss = linear_problem(seed=2)
+    c0 = residual(constraint, params)
+    opt = ConstrainedOptimizer(torch.optim.Adam(params, lr=0.05), constraint,
+                               placement="gradient", gamma=5.0, **TIGHT)
+    norms = [c0]
+    for _ in range(40):
+        run(opt, loss, 1)
+        norms.append(residual(constraint, params))
+    ratios = np.array(norms[1:]) / norms[:-1]
+    assert np.ptp(ratios) > 1e-3  # not one geometric rate
+    free, constraint_free, loss_free = linear_problem(seed=2)
+    run(torch.optim.Adam(free, lr=0.05), loss_free, 40)
+    assert norms[-1] < 0.2 * residual(constraint_free, free)
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = torch.nn.Linear(2, 8)
+        self.l2 = torch.nn.Linear(8, 1)
+        self.frozen = torch.nn.Parameter(torch.ones(3), requires_grad=False)
+
+    def forward(self, x):
+        return self.l2(torch.tanh(self.l1(x))).squeeze(-1)
+
+
+def test_module_params_interpolation_constraint():
+    # f(x_i) = y_i at 6 anchor points (a nonlinear constraint on 33 weights) while
+    # fitting other data; the constraint receives a dict for functional_call.
+    torch.manual_seed(0)
+    model = MLP().double()
+    anchors, values = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    X = torch.randn(64, 2, dtype=torch.float64)
+    y = torch.sin(X.sum(1))
+    seen = []
+
+    def constraint(p):
+        seen.append(sorted(p))
+        return torch.func.functional_call(model, p, (anchors,)) - values
+
+    opt = ConstrainedOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), constraint,
+                               model, gamma=0.5)
+    c0 = residual(constraint, dict(model.named_parameters()))
+    seen.clear()
+    for _ in range(40):
+        opt.zero_grad()
+        ((model(X) - y) ** 2).mean().backward()
+        opt.step()
+    assert seen[0] == ["l1.bias", "l1.weight", "l2.bias", "l2.weight"]
+    final = residual(constraint, dict(model.named_parameters()))
+    # Each step removes half the residual but adds the constraint's curvature times
+    # the squared step (Adam's ~1e-2 per weight): a floor far above 0.5^40 c0.
+    assert final < 1e-3 * c0
+    assert isinstance(opt.last_info, ProjectionInfo) and opt.last_info.converged
+
+
+def test_mixed_dtypes_and_grad_not_mutated():
+    rng = np.random.default_rng(3)
+    a = torch.tensor(rng.standard_normal(10), dtype=torch.float32, requires_grad=True)
+    b = torch.tensor(rng.standard_normal(6), dtype=torch.float64, requires_grad=True)
+    M = torch.tensor(rng.standard_normal((4, 16)))
+
+    def constraint(p):
+        return M @ torch.sin(torch.cat([p[0].double(), p[1]])) - 0.1
+
+    opt = ConstrainedOptimizer(torch.optim.SGD([a, b], lr=0.1), constraint,
+                               placement="gradient", gamma=1.0, **TIGHT)
+    ((a.double() ** 2).sum() + (b**3).sum()).backward()
+    grads = [a.grad, b.grad]
+    before = [g.clone() for g in grads]
+    opt.step()
+    assert a.dtype == torch.float32 and b.dtype == torch.float64
+    assert a.grad.dtype == torch.float32 and b.grad.dtype == torch.float64
+    for g, g0 in zip(grads, before):
+        assert torch.equal(g, g0)  # the tensors we were given are untouched
+    assert not torch.equal(a.grad, before[0])  # the optimizer saw the projected gradient
+    assert opt.last_info.converged
+
+
+def test_warmup_closure_and_state_dict():
+    params, constraint, loss = linear_problem(seed=4)
+    twin = [p.detach().clone().requires_grad_() for p in params]
+    opt = ConstrainedOptimizer(torch.optim.Adam(params, lr=0.1), constraint, warmup=2,
+                               gamma=0.5, **TIGHT)
+    plain = torch.optim.Adam(twin, lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    for _ in range(2):  # warm-up: exactly the base optimizer
+        result = opt.step(closure)
+        plain.zero_grad()
+        loss(twin).backward()
+        plain.step()
+    for p, q in zip(params, twin):
+        assert torch.equal(p, q)
+    assert opt.history == [None, None] and opt.last_info is None
+    assert isinstance(result, torch.Tensor)
+    c2 = residual(constraint, params)
+    opt.step(closure)
+    assert residual(constraint, params) == pytest.approx(0.5 * c2, rel=1e-7)
+    state = opt.state_dict()
+    assert state["nullspace_step"] == 3
+    fresh = ConstrainedOptimizer(torch.optim.Adam(params, lr=0.1), constraint, warmup=5)
+    fresh.load_state_dict(state)
+    assert fresh._step == 3 and fresh.param_groups[0]["lr"] == 0.1
+    assert fresh.optimizer.state_dict()["state"].keys() == opt.optimizer.state_dict()["state"].keys()
+
+
+def test_gradient_placement_with_closure_returns_loss():
+    params, constraint, loss = linear_problem(seed=5)
+    opt = ConstrainedOptimizer(torch.optim.SGD(params, lr=0.05), constraint,
+                               placement="gradient", gamma=1.0, **TIGHT)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    c0, loss0 = residual(constraint, params), float(loss().detach())
+    value = opt.step(closure)
+    assert len(calls) == 1 and float(value.detach()) == pytest.approx(loss0, rel=1e-12)
+    assert residual(constraint, params) == pytest.approx(0.95 * c0, rel=1e-8)
+
+
+def test_bad_arguments():
+    params, constraint, _ = linear_problem()
+    sgd = torch.optim.SGD(params, lr=0.1)
+    with pytest.raises(ValueError, match="placement"):
+        ConstrainedOptimizer(sgd, constraint, placement="before")
+    with pytest.raises(ValueError, match="gamma"):
+        ConstrainedOptimizer(sgd, constraint, gamma=-1.0)
+    with pytest.raises(ValueError, match="damp"):
+        ConstrainedOptimizer(sgd, constraint, damp=-1e-3)
+    with pytest.raises(ValueError, match="maxiter"):
+        ConstrainedOptimizer(sgd, constraint, maxiter=0)
+    with pytest.raises(ValueError, match="warmup"):
+        ConstrainedOptimizer(sgd, constraint, warmup=-1)
+    with pytest.raises(TypeError, match="optimizer"):
+        ConstrainedOptimizer(params, constraint)
+    with pytest.raises(TypeError, match="constraint"):
+        ConstrainedOptimizer(sgd, "c")
+    with pytest.raises(ValueError, match="params"):
+        ConstrainedOptimizer(sgd, constraint, [torch.zeros(3, requires_grad=True)])
+    with pytest.raises(TypeError, match="params"):
+        ConstrainedOptimizer(sgd, constraint, params[0])
+    opt = ConstrainedOptimizer(sgd, lambda p: constraint(p).reshape(1, -1))
+    with pytest.raises(ValueError, match="1-D"):
+        opt.step()
