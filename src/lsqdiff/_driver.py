@@ -30,10 +30,11 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
         norm = backend.array_norm
     else:
         S, norm = HostScalars(), backend.host_norm
-    n = op.shape[1]
+    m, n = op.shape
     problem = Problem(
         op=op, S=S, norm=norm,
         zeros_x=lambda: xp.zeros((n,) + batch, dtype=dtype, device=device),
+        zeros_b=lambda: xp.zeros((m,) + batch, dtype=dtype, device=device),
         damp=S.const(damp), atol=atol, btol=btol, ctol=ctol, maxiter=maxiter,
     )
     state = method.init(problem, b, x0, **dict(options))

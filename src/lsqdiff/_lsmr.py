@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _bidiag
+from . import _bidiag, _dual
 from ._stopping import Problem, choose_stop, freeze, start
 
 State = dict[str, Any]
 
 
-def init(p: Problem, b: Any, x0: Any) -> State:
+def init(p: Problem, b: Any, x0: Any, dual: bool = False) -> State:
+    """The state before the first iteration; ``dual`` also tracks
+    ``A^+H (x - x0)`` for the gradient of an undamped solve (`lsqdiff._dual`)."""
     S = p.S
     x, u, v, alpha, beta, normb, istop = start(p, b, x0)
     normar = alpha * beta
     one, zero = S.const(1.0), S.const(0.0)
-    return dict(
+    st = dict(
         x=x, u=u, v=v, h=v, hbar=p.zeros_x(), alpha=alpha,
         alphabar=alpha, zetabar=normar, rho=one, rhobar=one, cbar=one, sbar=zero,
         betadd=beta, betad=zero, rhodold=one, tautildeold=zero, thetatilde=zero,
@@ -27,13 +29,18 @@ def init(p: Problem, b: Any, x0: Any) -> State:
         normb=normb, istop=istop, itn=S.int_const(0),
         normr=beta, normar=normar, norma=alpha, conda=one, normx=zero,
     )
+    if dual:
+        d = _dual.start(S, u, alpha, beta, p.zeros_b())
+        st.update(d, zh=d["zv"], eh=d["ev"], zhbar=d["zx"], ehbar=zero)
+    return st
 
 
 def step(p: Problem, st: State) -> State:
     S, damp = p.S, p.damp
     active = st["istop"] < 0
     itn = st["itn"] + 1
-    u, v, alpha, beta = _bidiag.step(p.op, st["u"], st["v"], st["alpha"], S, p.norm)
+    alpha_old = st["alpha"]
+    u, v, alpha, beta = _bidiag.step(p.op, st["u"], st["v"], alpha_old, S, p.norm)
     finite = S.isfinite(alpha + beta)
 
     # Rotation Qhat eliminates the damping; Q turns B into R; Qbar turns R^T into Rbar.
@@ -50,9 +57,12 @@ def step(p: Problem, st: State) -> State:
     zeta = cbar * st["zetabar"]
     zetabar = -sbar * st["zetabar"]
 
-    hbar = st["h"] - S.div(thetabar * rho, rhoold * rhobarold) * st["hbar"]
-    x = st["x"] + S.div(zeta, rho * rhobar) * hbar
-    h = v - S.div(thetanew, rho) * st["h"]
+    c_hbar = S.div(thetabar * rho, rhoold * rhobarold)
+    c_x = S.div(zeta, rho * rhobar)
+    c_h = S.div(thetanew, rho)
+    hbar = st["h"] - c_hbar * st["hbar"]
+    x = st["x"] + c_x * hbar
+    h = v - c_h * st["h"]
 
     # Estimate ||r|| by applying Qhat, Q and Qtilde to the right-hand side.
     betaacute = chat * st["betadd"]
@@ -90,4 +100,11 @@ def step(p: Problem, st: State) -> State:
         minrbar=minrbar, normb=st["normb"], istop=istop, itn=itn,
         normr=normr, normar=normar, norma=norma, conda=conda, normx=normx,
     )
+    if "zx" in st:  # the dual: the same updates on the preimages under A^H
+        d = _dual.advance(S, st, u, alpha_old, alpha, beta)
+        zhbar = st["zh"] - c_hbar * st["zhbar"]
+        ehbar = st["eh"] - c_hbar * st["ehbar"]
+        new.update(d, zhbar=zhbar, ehbar=ehbar, zx=st["zx"] + c_x * zhbar,
+                   ex=st["ex"] + c_x * ehbar, zh=d["zv"] - c_h * st["zh"],
+                   eh=d["ev"] - c_h * st["eh"], beta1=st["beta1"])
     return freeze(S, st, new, active, finite)

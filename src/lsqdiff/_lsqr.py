@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _bidiag
+from . import _bidiag, _dual
 from ._stopping import Problem, choose_stop, freeze, start
 
 State = dict[str, Any]
@@ -17,7 +17,9 @@ State = dict[str, Any]
 _EPS = 2.220446049250313e-16
 
 
-def init(p: Problem, b: Any, x0: Any, calc_var: bool = False) -> State:
+def init(p: Problem, b: Any, x0: Any, calc_var: bool = False, dual: bool = False) -> State:
+    """The state before the first iteration; ``calc_var`` also accumulates
+    SciPy's ``var``, ``dual`` tracks ``A^+H (x - x0)`` (`lsqdiff._dual`)."""
     S = p.S
     x, u, v, alpha, beta, normb, istop = start(p, b, x0)
     arnorm = alpha * beta
@@ -30,6 +32,9 @@ def init(p: Problem, b: Any, x0: Any, calc_var: bool = False) -> State:
     )
     if calc_var:
         st["var"] = p.zeros_x()
+    if dual:
+        d = _dual.start(S, u, alpha, beta, p.zeros_b())
+        st.update(d, zw=d["zv"], ew=d["ev"])
     return st
 
 
@@ -59,8 +64,9 @@ def step(p: Problem, st: State) -> State:
     tau = sn * phi
 
     w_old = st["w"]
-    x = st["x"] + S.div(phi, rho) * w_old
-    w = v - S.div(theta, rho) * w_old
+    c_x, c_w = S.div(phi, rho), S.div(theta, rho)
+    x = st["x"] + c_x * w_old
+    w = v - c_w * w_old
     normdk = S.div(p.norm(w_old), S.abs(rho))
     ddnorm = st["ddnorm"] + normdk * normdk
 
@@ -94,4 +100,9 @@ def step(p: Problem, st: State) -> State:
     if "var" in st:
         dk = w_old * S.div(1.0, rho)
         new["var"] = st["var"] + S.where(active, dk * dk, 0.0)
+    if "zx" in st:  # the dual: the same updates on the preimages under A^H
+        d = _dual.advance(S, st, u, alpha_old, alpha, beta)
+        new.update(d, zx=st["zx"] + c_x * st["zw"], ex=st["ex"] + c_x * st["ew"],
+                   zw=d["zv"] - c_w * st["zw"], ew=d["ev"] - c_w * st["ew"],
+                   beta1=st["beta1"])
     return freeze(S, st, new, active, finite)

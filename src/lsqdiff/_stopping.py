@@ -13,7 +13,7 @@ from .operator import Operator
 
 #: Entries of the state that are results: frozen once a column stops.
 RESULT_KEYS = ("x", "istop", "itn", "normr", "normar", "norma", "conda", "normx",
-               "r1norm", "var")
+               "r1norm", "var", "zx", "ex")
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Problem:
     S: Any
     norm: Callable[[Any], Any]
     zeros_x: Callable[[], Any]
+    zeros_b: Callable[[], Any]
     damp: Any
     atol: float
     btol: float
