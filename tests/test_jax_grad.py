@@ -1,4 +1,4 @@
-"""JAX: gradients of lsqdiff.lsmr/lsqr through the ``jax.custom_vjp``.
+"""JAX: gradients of lsqdiff.lsmr/lsqr (reverse mode, the transposed ``jax.custom_jvp``).
 
 ``jax.test_util.check_grads`` (reverse mode, float64, forward run to
 atol = btol = 1e-14) in A, b, x0 and damp; the gradients against the dense
@@ -253,13 +253,3 @@ def test_traced_zero_damp_gradient():
     ref = closed_form(A, b, x0, 0.0, x_bar)
     assert float(gd) == 0.0
     assert_close(np.asarray(gA), ref["A"], 1e-9, 1e-12, "A")
-
-
-def test_forward_mode_is_a_known_gap():
-    """KNOWN GAP, not a contract: forward-mode AD (jax.jvp, jacfwd) is not
-    implemented yet; the solve is a custom_vjp, which JAX refuses to jvp. When a
-    custom_jvp lands this test should be replaced by jvp tests."""
-    A, b = make_problem((6, 4), seed=1)
-    f = lambda b: lsqdiff.lsmr(jnp.asarray(A), b, **TIGHT_GRAD)[0]  # noqa: E731
-    with pytest.raises(TypeError, match=r"custom_vjp"):
-        jax.jvp(f, (jnp.asarray(b),), (jnp.ones(6),))

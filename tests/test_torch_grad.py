@@ -282,7 +282,7 @@ def test_uncoalesced_coo_gradient():
 
 
 # --------------------------------------------------------------------------- #
-# damp = 0 as a tensor; forward mode
+# damp = 0 as a tensor
 # --------------------------------------------------------------------------- #
 
 def test_zero_damp_tensor_uses_the_pseudo_inverse_rule():
@@ -293,26 +293,3 @@ def test_zero_damp_tensor_uses_the_pseudo_inverse_rule():
     loss_of(solve(lsqdiff.lsmr, At, t(b), t(x0), dt), x_bar).backward()
     assert dt.grad.item() == 0.0
     assert_close(At.grad.numpy(), closed_form(A, b, x0, 0.0, x_bar)["A"], 1e-9, 1e-12, "A")
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-@pytest.mark.parametrize("api", ["func.jvp", "forward_ad"])
-@pytest.mark.parametrize("wrt", ["A", "b"])
-def test_forward_mode_raises(api, wrt):
-    """Forward mode is not implemented: it raises instead of returning the
-    tangent of the iterations with the host scalars' tangents dropped (which
-    was silently wrong in A)."""
-    A, b, _, _, _ = small_problem("tall-damped")
-    At, bt = t(A), t(b)
-    primal = At if wrt == "A" else bt
-    tangent = torch.ones_like(primal)
-    f = (lambda A: lsqdiff.lsmr(A, bt, damp=0.5)[0]) if wrt == "A" else \
-        (lambda b: lsqdiff.lsmr(At, b, damp=0.5)[0])
-    with pytest.raises(NotImplementedError, match=r"forward-mode AD"):
-        if api == "func.jvp":
-            torch.func.jvp(f, (primal,), (tangent,))
-        else:
-            import torch.autograd.forward_ad as fwAD
-
-            with fwAD.dual_level():
-                f(fwAD.make_dual(primal, tangent))

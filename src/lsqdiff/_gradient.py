@@ -15,6 +15,11 @@ solves, never the iterations of the forward solve (DESIGN.md section 2):
   ``g = A^+ b_bar``; with ``assume_full_rank`` a tall ``A`` needs no ``y`` and a
   wide ``A`` no ``g``.
 
+:func:`pushforward` is the forward-mode rule (the tangent of ``x`` given the
+tangents of the inputs), written with the same solves: each is passed through
+``backend.linear_solve`` together with its adjoint, so that JAX transposes the
+tangent rule into the reverse-mode rule above at the same number of solves.
+
 Gradients follow PyTorch's convention for complex numbers (the gradient of a
 real loss is ``dL/dRe + i dL/dIm``, so a product ``A v`` pulls back through
 ``A^H``); the JAX adapter conjugates on the way in and out.
@@ -123,6 +128,90 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
     # At damp = 0 the solution does not move with damp to first order.
     damp_bar = xp.zeros((), dtype=real_dtype(xp, dtype), device=aac.device(x_bar))
     return Cotangents(b_bar, x0_bar, damp_bar, Terms(tuple(terms)))
+
+
+def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *,
+                dA: Operator | None, db: Array | None, dx0: Array | None, ddamp: Any, xp: Any,
+                backend: Any, dtype: Any, atol: float, btol: float, ctol: float,
+                maxiter: int | None, damped: bool, assume_full_rank: bool = False,
+                limit: int | None = None) -> Array:
+    """The tangent of ``x`` given the inputs' tangents (None: zero).
+
+    ``dA`` holds the products with the tangent of ``A``: ``dA.matvec(v) = A' v``
+    and ``dA.rmatvec(u) = A'^H u``. With ``r = b - A x``, ``d = x - x0``:
+
+    * damped, ``M = A^H A + damp^2 I``:
+      ``x' = M^-1 (A^H (b' - A' x) + A'^H r + damp^2 x0' - 2 damp damp' d)``,
+      one solve (the minimum-norm solution of ``[A^H, damp I] c = t`` is
+      ``c = (A M^-1 t, damp M^-1 t)``);
+    * undamped (from ``x = A^+ b + (I - A^+ A) x0`` and the derivative of the
+      pseudo-inverse): ``w = A'^H y + x0'`` with ``y = A^+H d``, then
+      ``x' = w + A^+ (b' - A' x - A w + A^+H (A'^H r))``: a solve with ``A^H`` for
+      ``y`` (only when ``A`` moves) and one for the residual term, and one
+      with ``A``; with ``assume_full_rank`` a tall ``A`` needs no ``w`` and a
+      wide ``A`` (``r = 0``) no residual term.
+
+    Settings as for :func:`pullback`. A tangent solve is skipped when the
+    tangents it acts on are all None.
+    """
+    m, n = op.shape
+    settings = dict(xp=xp, backend=backend, dtype=dtype, atol=atol, btol=btol, ctol=ctol,
+                    maxiter=maxiter, limit=limit)
+    d = x if x0 is None else x - x0
+    terms: list[Array] = []  # right-hand side of the final solve
+
+    if damped:
+        K = Operator((n, m + n), lambda c: op.rmatvec(c[:m, ...]) + damp * c[m:, ...],
+                     lambda z: xp.concat([op.matvec(z), damp * z], axis=0))
+
+        def normal_solve(t: Array) -> Array:  # M^-1 t; M is Hermitian: its own adjoint
+            return lsmr_on(K, t, **settings)[m:, ...] / damp
+
+        q = _sum([db, None if dA is None else -dA.matvec(x)])
+        if q is not None:
+            terms.append(op.rmatvec(q))
+        if dA is not None:
+            terms.append(dA.rmatvec(b - op.matvec(x)))
+        if dx0 is not None:
+            terms.append((damp * damp) * dx0)
+        if ddamp is not None:
+            terms.append((-2 * damp * ddamp) * d)
+        t = _sum(terms)
+        if t is None:
+            return xp.zeros_like(x)
+        return backend.linear_solve(
+            normal_solve, normal_solve, lambda v: op.rmatvec(op.matvec(v)) + (damp * damp) * v, t)
+
+    AH = Operator((n, m), op.rmatvec, op.matvec)
+
+    def pinv(rhs: Array) -> Array:  # A^+ rhs; its adjoint is A^+H
+        return backend.linear_solve(lambda q: lsmr_on(op, q, **settings),
+                                    lambda c: lsmr_on(AH, c, **settings), op.matvec, rhs)
+
+    def pinv_h(rhs: Array) -> Array:  # A^+H rhs; its adjoint is A^+
+        return backend.linear_solve(lambda s: lsmr_on(AH, s, **settings),
+                                    lambda c: lsmr_on(op, c, **settings), op.rmatvec, rhs)
+
+    w = None
+    if not (assume_full_rank and m >= n):  # a tall full-rank A has no null space: w drops out
+        y = None if dA is None else lsmr_on(AH, d, **settings)
+        w = _sum([None if dA is None else dA.rmatvec(y), dx0])
+    terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]
+    if dA is not None and not (assume_full_rank and m < n):  # a wide full-rank A leaves r = 0
+        terms.append(pinv_h(dA.rmatvec(b - op.matvec(x))))
+    q = _sum(terms)
+    # At damp = 0 the solution does not move with damp to first order: no damp' term.
+    dx = _sum([None if q is None else pinv(q), w])
+    return xp.zeros_like(x) if dx is None else dx
+
+
+def _sum(terms: list[Array | None]) -> Array | None:
+    """The sum of the terms that are not None (None if all are)."""
+    total = None
+    for term in terms:
+        if term is not None:
+            total = term if total is None else total + term
+    return total
 
 
 def real_inner(a: Array, b: Array, xp: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import array_api_compat as aac
 
 from . import _driver, _validate
-from ._gradient import Cotangents, pullback
+from ._gradient import Cotangents, pullback, pushforward
 from ._info import CONVERGED_CODES, SolveInfo
 from .backends import Backend, backend_for
 from .operator import Operator
@@ -27,11 +27,13 @@ class Prepared:
     """A checked solve, ready to run and to differentiate.
 
     ``run(A, b, x0, damp)`` returns the final state; ``backward(A, b, x0, damp,
-    x, x_bar)`` the `Cotangents`; ``operator(A)`` the products with ``A``. They
+    x, x_bar)`` the `Cotangents`; ``tangent(A, b, x0, damp, x, dA, db, dx0,
+    ddamp)`` the tangent of ``x`` (``dA`` an `Operator` of products with A's
+    tangent; None for a zero tangent); ``operator(A)`` the products with ``A``. They
     take the inputs as arguments so that adapters can pass traced or detached
     versions of them. ``cache_key`` is None, or a hashable key such that every
-    `Prepared` with that key has ``backward`` and ``operator`` that act alike
-    (traced backends compile the backward pass once per key).
+    `Prepared` with that key has ``backward``, ``tangent`` and ``operator`` that
+    act alike (traced backends compile them once per key).
     """
 
     backend: Backend
@@ -39,6 +41,7 @@ class Prepared:
     dtype: Any
     run: Callable[..., dict[str, Any]]
     backward: Callable[..., Cotangents]
+    tangent: Callable[..., Any]
     operator: Callable[[Any], Operator]
     args: tuple[Any, Any, Any, Any]
     cache_key: Any = None
@@ -84,20 +87,29 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
     def operator(A_: Any) -> Operator:
         return _driver.as_operator(A_, xp, backend, dtype, aac.device(b))
 
-    def backward(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, x_bar: Any) -> Cotangents:
-        # The backward solves use LSMR with the forward's tolerances unless overridden,
-        # and run up to min(m, n) iterations or the forward's maxiter, whichever is
-        # larger, unless grad_maxiter caps them.
-        return pullback(
-            operator(A_), xp.astype(b_, dtype), x, None if x0_ is None else xp.astype(x0_, dtype),
-            damp_, xp.astype(x_bar, dtype), xp=xp, backend=backend, dtype=dtype,
-            atol=settings["atol"] if grad_atol is None else float(grad_atol),
-            btol=settings["btol"] if grad_btol is None else float(grad_btol),
-            ctol=settings["ctol"], maxiter=settings["maxiter"],
-            damped=damped, assume_full_rank=assume_full_rank,
-            limit=None if grad_maxiter is None else int(grad_maxiter))
+    # The gradient's solves use LSMR with the forward's tolerances unless overridden,
+    # and run up to min(m, n) iterations or the forward's maxiter, whichever is
+    # larger, unless grad_maxiter caps them.
+    grad_settings = dict(
+        xp=xp, backend=backend, dtype=dtype,
+        atol=settings["atol"] if grad_atol is None else float(grad_atol),
+        btol=settings["btol"] if grad_btol is None else float(grad_btol),
+        ctol=settings["ctol"], maxiter=settings["maxiter"], damped=damped,
+        assume_full_rank=assume_full_rank, limit=None if grad_maxiter is None else int(grad_maxiter))
 
-    return Prepared(backend, xp, dtype, run, backward, operator, (A, b, x0, damp), cache_key)
+    def cast(a: Any) -> Any:
+        return None if a is None else xp.astype(a, dtype)
+
+    def backward(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, x_bar: Any) -> Cotangents:
+        return pullback(operator(A_), cast(b_), x, cast(x0_), damp_, cast(x_bar), **grad_settings)
+
+    def tangent(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, dA: Operator | None, db: Any,
+                dx0: Any, ddamp: Any) -> Any:
+        return pushforward(operator(A_), cast(b_), x, cast(x0_), damp_, dA=dA, db=cast(db),
+                           dx0=cast(dx0), ddamp=ddamp, **grad_settings)
+
+    return Prepared(backend, xp, dtype, run, backward, tangent, operator, (A, b, x0, damp),
+                    cache_key)
 
 
 def solve(method: ModuleType, A: Any, b: Any, **kwargs: Any) -> tuple[Any, dict[str, Any], Backend]:

@@ -48,6 +48,17 @@ class Backend:
         with self.solve_context():
             return p.run(*p.args)
 
+    def linear_solve(self, solve: Callable[[Any], Any], adjoint: Callable[[Any], Any],
+                     matvec: Callable[[Any], Any], rhs: Any) -> Any:
+        """``solve(rhs)`` for a solve that is linear in ``rhs``: a (pseudo-)inverse of
+        ``matvec``, whose adjoint (conjugate transpose) is ``adjoint``.
+
+        The tangent rule (`lsqdiff._gradient.pushforward`) wraps its solves in
+        this hook; a framework that transposes tangent rules into gradients
+        (JAX) registers ``adjoint`` here instead of differentiating the loop.
+        """
+        return solve(rhs)
+
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` compiled once per ``key`` (its static settings); eager backends run it as is."""
         return fn

@@ -1,7 +1,9 @@
 """JAX adapter: the loop is a ``lax.while_loop`` so solves trace under ``jit`` and
-``vmap``, and the solve is a ``jax.custom_vjp`` whose backward is
-`lsqdiff._gradient.pullback` (PyTorch's complex convention, so cotangents are
-conjugated on the way in and out)."""
+``vmap``, and the solve is a ``jax.custom_jvp`` whose tangent is
+`lsqdiff._gradient.pushforward`. Its solves are ``lax.custom_linear_solve``
+calls that declare their adjoints, so JAX transposes the tangent into the
+gradient (``jax.grad``, ``jax.vjp``) with the solves of
+`lsqdiff._gradient.pullback`; the loops themselves are never differentiated."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jax.experimental import sparse as jsparse
 
 from .._info import SolveInfo
@@ -43,41 +47,62 @@ class JaxBackend(Backend):
         A, b, x0, damp = p.args
         A_args, rebuild = _operator_arguments(A, p)
 
-        @jax.custom_vjp
+        @jax.custom_jvp
         def solve(A_args: Any, b: Any, x0: Any, damp: Any) -> State:
             return p.run(rebuild(A_args), b, x0, damp)
 
-        def forward(A_args: Any, b: Any, x0: Any, damp: Any) -> tuple[State, Any]:
-            state = solve(A_args, b, x0, damp)
-            return state, (A_args, b, x0, damp, state["x"])
+        def jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[State, State]:
+            state = p.run(rebuild(primals[0]), *primals[1:])
+            # Which inputs move: the others are symbolic zeros, and their solves are skipped.
+            moving = tuple(_moves(t) for t in tangents)
+            dots = [_instantiate(t, x) if move else None
+                    for t, x, move in zip(tangents, primals, moving)]
+            x_dot = self._tangent(p, rebuild, moving)(*primals, state["x"], *dots)
+            # The diagnostics are not differentiated.
+            state_dot = {k: SymbolicZero(jax.typeof(v).to_tangent_aval()) for k, v in state.items()}
+            state_dot["x"] = x_dot
+            return state, state_dot
 
-        gradients = self._gradients(p, rebuild)
-
-        def backward(res: Any, state_bar: State) -> tuple[Any, ...]:
-            A_args, b, x0, damp, x = res
-            A_bar, b_bar, x0_bar, damp_bar = gradients(A_args, b, x0, damp, x,
-                                                       jnp.conj(state_bar["x"]))
-            x0_bar = None if x0 is None else _like(jnp.conj(x0_bar), x0)
-            return A_bar, _like(jnp.conj(b_bar), b), x0_bar, _like(damp_bar, damp)
-
-        solve.defvjp(forward, backward)
+        solve.defjvp(jvp, symbolic_zeros=True)
         return solve(A_args, b, x0, jnp.asarray(damp))
 
-    def _gradients(self, p: Prepared, rebuild: Callable[[Any], Any]) -> Callable[..., Any]:
-        """``(A_args, b, x0, damp, x, x_bar) -> (A_bar, b_bar, x0_bar, damp_bar)``,
-        compiled once per ``p.cache_key``: outside ``jit`` the backward pass would
-        otherwise retrace and recompile its LSMR loops on every call (~1 s)."""
+    def _tangent(self, p: Prepared, rebuild: Callable[[Any], Any],
+                 moving: tuple[bool, ...]) -> Callable[..., Any]:
+        """``(A_args, b, x0, damp, x, dA_args, db, dx0, ddamp) -> x_dot`` (None for
+        the inputs that do not move), compiled once per ``p.cache_key`` and
+        ``moving``: outside ``jit`` its LSMR loops would otherwise be retraced and
+        recompiled on every call (~1 s), and so would their transposes under
+        ``jax.grad``, which transposes this function's compiled tangent part."""
 
-        def gradients(A_args: Any, b: Any, x0: Any, damp: Any, x: Any, x_bar: Any) -> Any:
-            cot = p.backward(rebuild(A_args), b, x0, damp, x, x_bar)
-            # The operator's cotangent: JAX's gradient of sum_k s_k Re<U_k, A V_k>.
-            _, pull = jax.vjp(lambda a: cot.A.contract(p.operator(rebuild(a)).matvec, jnp), A_args)
-            (A_bar,) = pull(jnp.ones((), dtype=jnp.real(x).dtype))
-            return A_bar, cot.b, cot.x0, cot.damp
+        def tangent(A_args: Any, b: Any, x0: Any, damp: Any, x: Any, dA_args: Any, db: Any,
+                    dx0: Any, ddamp: Any) -> Any:
+            dA = None if dA_args is None else _tangent_operator(p, rebuild, A_args, dA_args)
+            x_dot = p.tangent(rebuild(A_args), b, x0, damp, x, dA, db, dx0, ddamp)
+            return x_dot.astype(x.dtype)  # a float64 damp must not promote a float32 solve
 
         if p.cache_key is None:  # a LinearOperator: its closures differ from call to call
-            return gradients
-        return self.compiled(("backward",) + p.cache_key, gradients)
+            return tangent
+        return self.compiled(("jvp", moving) + p.cache_key, tangent)
+
+    def linear_solve(self, solve: Callable[[Any], Any], adjoint: Callable[[Any], Any],
+                     matvec: Callable[[Any], Any], rhs: Any) -> Any:
+        # lax.custom_linear_solve is linear in rhs and transposes to transpose_solve,
+        # JAX's (unconjugated) transpose: conj(adjoint(conj(c))). It wants a square
+        # system, so a solve (m,) -> (n,) is embedded in pairs (u, v):
+        # E(u, v) = (matvec(v), 0) has the pseudo-inverse (p, s) -> (0, solve(p)).
+        out = jax.eval_shape(solve, rhs)
+        if (out.shape, out.dtype) == (rhs.shape, rhs.dtype):
+            return jax.lax.custom_linear_solve(
+                matvec, rhs, lambda _, r: solve(r),
+                lambda _, c: jnp.conj(adjoint(jnp.conj(c))))
+        # The pair must be linear in rhs as a whole (JAX transposes it): a zero
+        # that depends on rhs, not a constant.
+        pad = jnp.zeros(out.shape, out.dtype) * jnp.sum(rhs).astype(out.dtype)
+        _, x = jax.lax.custom_linear_solve(
+            lambda uv: (matvec(uv[1]), jnp.zeros_like(uv[1])), (rhs, pad),
+            lambda _, ps: (jnp.zeros_like(ps[0]), solve(ps[0])),
+            lambda _, cs: (jnp.conj(adjoint(jnp.conj(cs[1]))), jnp.zeros_like(cs[1])))
+        return x
 
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
         # Without this every eager call would retrace and recompile the loop.
@@ -156,9 +181,39 @@ def _operator_arguments(A: Any, p: Prepared) -> tuple[Any, Callable[[Any], Any]]
     return (mv_consts, rmv_consts), rebuild
 
 
-def _like(grad: Any, primal: Any) -> Any:
-    """``grad`` in ``primal``'s dtype (the real part for a real input)."""
-    primal = jnp.asarray(primal)
-    if jnp.iscomplexobj(grad) and not jnp.iscomplexobj(primal):
-        grad = jnp.real(grad)
-    return grad.astype(primal.dtype)
+def _tangent_operator(p: Prepared, rebuild: Callable[[Any], Any], A_args: Any,
+                      dA_args: Any) -> Operator:
+    """Products with the tangent of ``A``: the JVPs of its products in its arrays
+    (dense and sparse ``A`` are linear in them; a LinearOperator's closed-over
+    arrays may enter nonlinearly)."""
+
+    def along(name: str) -> MatVec:
+        def product(v: Any) -> Any:
+            f = lambda a: getattr(p.operator(rebuild(a)), name)(v)  # noqa: E731
+            return jax.jvp(f, (A_args,), (dA_args,))[1]
+
+        return product
+
+    return Operator(p.operator(rebuild(A_args)).shape, along("matvec"), along("rmatvec"))
+
+
+def _moves(tangent: Any) -> bool:
+    """Whether an input's tangent has a leaf that is not a (symbolic) zero."""
+    return any(not isinstance(t, SymbolicZero) and t.dtype != jax.dtypes.float0
+               for t in jax.tree_util.tree_leaves(
+                   tangent, is_leaf=lambda t: isinstance(t, SymbolicZero)))
+
+
+def _instantiate(tangent: Any, primal: Any) -> Any:
+    """The tangent with its symbolic zeros made arrays (float0 for integer leaves)."""
+
+    def leaf(t: Any, x: Any) -> Any:
+        if not isinstance(t, SymbolicZero):
+            return t
+        aval = jax.typeof(x).to_tangent_aval()
+        if aval.dtype == jax.dtypes.float0:
+            return np.zeros(aval.shape, jax.dtypes.float0)
+        return jnp.zeros(aval.shape, aval.dtype)
+
+    return jax.tree_util.tree_map(leaf, tangent, primal,
+                                  is_leaf=lambda t: isinstance(t, SymbolicZero))

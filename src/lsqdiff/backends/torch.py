@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -27,18 +28,14 @@ class TorchBackend(Backend):
         A, b, x0, damp = p.args
         params = _parameters(A)
         inputs = [t for t in (b, x0, damp, *params) if isinstance(t, torch.Tensor)]
-        if any(_has_tangent(t) for t in inputs):
-            # The loop's scalars are Python floats, which drop forward-mode tangents:
-            # without this the result's tangent would be silently wrong.
-            raise NotImplementedError(
-                "forward-mode AD (torch.func.jvp, torch.autograd.forward_ad) through "
-                "lsqdiff solves is not implemented yet; use reverse mode (.backward(), "
-                "torch.autograd.grad)")
-        if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+        # Forward-mode tangents (dual tensors, torch.func.jvp) go through _Solve.jvp;
+        # the loop itself would drop them with its Python-float scalars.
+        if not any(_has_tangent(t) for t in inputs) and not (
+                torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
             return super().differentiable(p)
-        box: list[State] = []
+        box = _Box()
         x = _Solve.apply(p, box, b, x0, damp, *params)
-        return {**box[0], "x": x}
+        return {**box.state, "x": x}
 
     def host_norm(self, v: Any) -> float:
         return float(torch.linalg.vector_norm(v))
@@ -66,7 +63,10 @@ class TorchBackend(Backend):
 
     def to_host(self, value: Any) -> Any:
         value = value.detach()
-        return value.item() if value.ndim == 0 else value.cpu().numpy()
+        if value.ndim == 0:
+            return value.item()
+        # tolist, not numpy(): under torch.func transforms tensors have no storage to view.
+        return np.array(value.tolist(), dtype=str(value.dtype).removeprefix("torch."))
 
 
 def _csr_transpose(A: Any) -> Any:
@@ -85,14 +85,22 @@ def _csr_transpose(A: Any) -> Any:
                                    check_invariants=False)
 
 
+class _Box:
+    """Carries the solve's diagnostics out of `_Solve.forward`. Not a list:
+    torch.func flattens a Function's arguments, and would find the output in it."""
+
+    state: State
+
+
 class _Solve(torch.autograd.Function):
     """x = solve(A, b, x0, damp); ``params`` are A itself (a tensor) or the
     tensors a LinearOperator depends on."""
 
     @staticmethod
-    def forward(p: Prepared, box: list[State], b: Any, x0: Any, damp: Any, *params: Any) -> Any:
-        state = p.run(p.args[0], b, x0, damp)
-        box.append(state)
+    def forward(p: Prepared, box: _Box, b: Any, x0: Any, damp: Any, *params: Any) -> Any:
+        with torch.no_grad():
+            state = p.run(_operator_input(p, params), b, x0, damp)
+        box.state = state
         return state["x"]
 
     @staticmethod
@@ -101,6 +109,25 @@ class _Solve(torch.autograd.Function):
         ctx.p = p
         ctx.damp = damp
         ctx.save_for_backward(b, x0, output, *params)
+        ctx.save_for_forward(b, x0, output, *params)
+
+    @staticmethod
+    def jvp(ctx: Any, _p: Any, _box: Any, db: Any, dx0: Any, ddamp: Any, *dparams: Any) -> Any:
+        b, x0, x = (None if t is None else t.detach() for t in ctx.saved_tensors[:3])
+        params = ctx.saved_tensors[3:]
+        p, damp = ctx.p, ctx.damp
+        A = _operator_input(p, params)
+        if all(t is None for t in dparams):
+            dA = None
+        elif isinstance(A, torch.Tensor):
+            dA = p.operator(dparams[0])  # the products are linear in A
+        else:
+            dA = _function_tangent(p, A, params, dparams)
+        if isinstance(damp, torch.Tensor):
+            damp = damp.detach()
+        with torch.no_grad():
+            x_dot = p.tangent(A, b, x0, damp, x, dA, db, dx0, ddamp)
+        return x_dot.to(x.dtype)
 
     @staticmethod
     @once_differentiable
@@ -109,7 +136,7 @@ class _Solve(torch.autograd.Function):
         b, x0, x = (None if t is None else t.detach() for t in ctx.saved_tensors[:3])
         params = ctx.saved_tensors[3:]
         p, damp = ctx.p, ctx.damp
-        A = p.args[0]
+        A = _operator_input(p, [t.detach() for t in params])
         cot = p.backward(A, b, x0, damp, x, x_bar)
         needs = ctx.needs_input_grad
         if isinstance(A, torch.Tensor):
@@ -119,6 +146,55 @@ class _Solve(torch.autograd.Function):
         return (None, None, _like(cot.b, b) if needs[2] else None,
                 _like(cot.x0, x0) if needs[3] else None,
                 _like(cot.damp, damp) if needs[4] else None, *param_grads)
+
+
+def _operator_input(p: Prepared, params: Sequence[Any]) -> Any:
+    """A as the Function sees it: a tensor A is its own (unwrapped) parameter;
+    a LinearOperator is used as given."""
+    return params[0] if isinstance(p.args[0], torch.Tensor) else p.args[0]
+
+
+def _function_tangent(p: Prepared, A: LinearOperator, params: Sequence[Any],
+                      dparams: Sequence[Any]) -> Operator:
+    """Products with the tangent of a LinearOperator along its params' tangents.
+
+    The JVP of ``matvec`` in the params needs ``matvec`` evaluated at other
+    values of them: `torch.func.functional_call` provides that for an
+    ``nn.Module``, the only kind of ``params`` a closure can be re-evaluated at."""
+    module = A.params
+    if not isinstance(module, torch.nn.Module):
+        raise NotImplementedError(
+            "A: forward-mode AD in a LinearOperator's params needs params=an nn.Module "
+            "(whose parameters matvec uses), so that matvec can be evaluated at "
+            "perturbed parameters; tensors a closure captures cannot be replaced")
+    names = [name for name, _ in module.named_parameters()]
+    calls = _Products(module, lambda: p.operator(A))
+    tangents = tuple(torch.zeros_like(t) if d is None else d for t, d in zip(params, dparams))
+
+    def along(name: str) -> MatVec:
+        def product(v: Any) -> Any:
+            def f(*ps: Any) -> Any:
+                state = {"module." + k: t for k, t in zip(names, ps)}
+                return torch.func.functional_call(calls, state, (name, v))
+            return torch.func.jvp(f, tuple(params), tangents)[1]
+
+        return product
+
+    return Operator(A.shape, along("matvec"), along("rmatvec"))
+
+
+class _Products(torch.nn.Module):
+    """A LinearOperator's products as the forward of a module holding ``module``,
+    so that `torch.func.functional_call` can swap its parameters (the operator is
+    built inside, so that a derived ``rmatvec`` sees the swapped ones too)."""
+
+    def __init__(self, module: Any, operator: Callable[[], Operator]):
+        super().__init__()
+        self.module = module
+        self.operator = operator
+
+    def forward(self, name: str, v: Any) -> Any:
+        return getattr(self.operator(), name)(v)
 
 
 def _has_tangent(t: Any) -> bool:
