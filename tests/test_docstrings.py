@@ -6,12 +6,20 @@ import importlib
 import pytest
 
 MODULES = ["lsqdiff.solvers", "lsqdiff.operator", "lsqdiff._info", "lsqdiff.adjoint",
-           "lsqdiff.compat.scipy"]
+           "lsqdiff.compat.scipy", "lsqdiff.nullspace", "lsqdiff.nullspace._core",
+           "lsqdiff.nullspace.torch", "lsqdiff.nullspace.optax"]
+
+#: What each module's examples import besides NumPy (skipped when missing).
+NEEDS = {"lsqdiff.nullspace": ["torch", "jax"], "lsqdiff.nullspace._core": ["torch"],
+         "lsqdiff.nullspace.torch": ["torch"], "lsqdiff.nullspace.optax": ["jax", "optax"]}
 
 
 @pytest.mark.parametrize("name", MODULES)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch's forward mode
 def test_docstring_examples(name):
     pytest.importorskip("scipy")
+    for package in NEEDS.get(name, []):
+        pytest.importorskip(package)
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0, f"{name} has no docstring examples"

@@ -114,8 +114,8 @@ def project(direction: Any, constraint: Callable[[Any], Any], params: Any, *,
     >>> c = lambda p: (p["a"].sum() + p["b"] - 3.0).reshape(1)
     >>> h = {"a": jnp.zeros(2), "b": jnp.array(0.0)}
     >>> d, info = project(h, c, params, gamma=0.5)
-    >>> print(d["a"].round(4), d["b"].round(4))
-    [0.1667 0.1667] 0.1667
+    >>> [round(float(v), 4) for v in (*d["a"], d["b"])]
+    [0.1667, 0.1667, 0.1667]
     """
     check_knobs(gamma=gamma, damp=damp, maxiter=maxiter, atol=atol, btol=btol,
                 normalize_gamma=normalize_gamma)
