@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lsqdiff.nullspace import ProjectionInfo  # noqa: E402
+from lsqdiff.nullspace import ProjectionInfo, project  # noqa: E402
 from lsqdiff.nullspace.torch import ConstrainedOptimizer  # noqa: E402
 
 # PyTorch's first forward-mode product loads decompositions through torch.jit.script.
@@ -238,3 +238,27 @@ def test_bad_arguments():
     opt = ConstrainedOptimizer(sgd, lambda p: constraint(p).reshape(1, -1))
     with pytest.raises(ValueError, match="1-D"):
         opt.step()
+
+
+def test_attention_constraint():
+    # F.scaled_dot_product_attention's fused kernels have no forward-mode derivative;
+    # the JVP products must still work on a model that uses it.
+    torch.manual_seed(1)
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=True).double()
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    names = [n for n, _ in mha.named_parameters()]
+
+    def constraint(p):
+        out = torch.func.functional_call(mha, p, (x, x, x), {"need_weights": False})[0]
+        return out[:, 0, :3].reshape(-1)
+
+    params = dict(mha.named_parameters())
+    h = {n: torch.randn_like(p) for n, p in params.items()}
+    d, info = project(h, constraint, params, gamma=0.2, **TIGHT)
+    leaves = tuple(p.detach() for p in params.values())
+    parts = torch.autograd.functional.jacobian(
+        lambda *ls: constraint(dict(zip(names, ls))), leaves)
+    J = torch.cat([j.reshape(j.shape[0], -1) for j in parts], dim=1)
+    Jd = J @ torch.cat([d[n].reshape(-1) for n in names])
+    torch.testing.assert_close(Jd, 0.2 * constraint(params).detach(), rtol=1e-8, atol=1e-9)
+    assert info.converged

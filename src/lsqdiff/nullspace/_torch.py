@@ -8,6 +8,7 @@ from typing import Any
 
 import array_api_compat
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._core import Linearization
 
@@ -45,7 +46,10 @@ def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> 
     dtype = torch.promote_types(dtype, c.dtype)
 
     def matvec(v: Any) -> Any:
-        return torch.func.jvp(c_of, (theta,), (v.to(p_dtype),))[1].to(dtype)
+        # The fused attention kernels (flash, memory-efficient) have no forward-mode
+        # derivative; the math kernel computes the same attention and has one.
+        with sdpa_kernel(SDPBackend.MATH):
+            return torch.func.jvp(c_of, (theta,), (v.to(p_dtype),))[1].to(dtype)
 
     def rmatvec(u: Any) -> Any:
         return pullback(u.to(c.dtype))[0].to(dtype)
