@@ -91,7 +91,9 @@ def project(direction: Any, constraint: Callable[[Any], Any], params: Any, *,
     Works under ``jax.jit`` (the whole call; fields of ``info`` are then JAX
     arrays). Outside ``jit`` each JAX call traces and compiles its LSMR loop
     anew, so call it from a jitted step. PyTorch needs forward-mode AD
-    (``torch.func.jvp``) for every operation of the constraint.
+    (``torch.func.jvp``) for every operation of the constraint; the JVP
+    products run ``scaled_dot_product_attention`` with its math kernel, as the
+    fused kernels have no forward-mode derivative.
 
     Examples
     --------
