@@ -27,12 +27,10 @@ class TorchBackend(Backend):
     def differentiable(self, p: Prepared) -> State:
         A, b, x0, damp = p.args
         params = _parameters(A)
-        inputs = [t for t in (b, x0, damp, *params) if isinstance(t, torch.Tensor)]
-        # Forward-mode tangents (dual tensors, torch.func.jvp) go through _Solve.jvp;
-        # the loop itself would drop them with its Python-float scalars.
-        if not any(_has_tangent(t) for t in inputs) and not (
-                torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
-            return super().differentiable(p)
+        # Always through the Function, which records nothing when no input requires
+        # grad: forward-mode tangents (dual tensors, torch.func.jvp) reach _Solve.jvp
+        # and torch.func.vmap _Solve.vmap, where the loop's Python-float scalars
+        # would drop the one and reject the other.
         box = _Box()
         x = _Solve.apply(p, box, b, x0, damp, *params)
         return {**box.state, "x": x}
@@ -98,7 +96,7 @@ class _Solve(torch.autograd.Function):
 
     @staticmethod
     def forward(p: Prepared, box: _Box, b: Any, x0: Any, damp: Any, *params: Any) -> Any:
-        with torch.no_grad():
+        with p.backend.solve_context():
             state = p.run(_operator_input(p, params), b, x0, damp)
         box.state = state
         return state["x"]
@@ -110,6 +108,27 @@ class _Solve(torch.autograd.Function):
         ctx.damp = damp
         ctx.save_for_backward(b, x0, output, *params)
         ctx.save_for_forward(b, x0, output, *params)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], p: Prepared, box: _Box, b: Any, x0: Any,
+             damp: Any, *params: Any) -> tuple[Any, int]:
+        """torch.func.vmap over ``b`` and ``x0``: one solve with a column per batch
+        entry. The loop's stopping tests run on the host, once per column."""
+        b_dim, x0_dim, damp_dim, *param_dims = in_dims[2:]
+        if damp_dim is not None or any(d is not None for d in param_dims):
+            raise NotImplementedError(
+                "torch.func.vmap over lsqdiff solves batches b and x0 only (as the columns "
+                "of a 2-D b); A, a LinearOperator's params and damp must not be batched")
+        if b.ndim - (b_dim is not None) != 1:
+            raise NotImplementedError("torch.func.vmap over lsqdiff solves needs a 1-D b")
+
+        def columns(t: Any, dim: Any) -> Any:  # (size, batch)
+            if dim is None:
+                return t[:, None].expand(-1, info.batch_size)
+            return t.movedim(dim, -1)
+
+        X0 = None if x0 is None else columns(x0, x0_dim)
+        return _Solve.apply(p, box, columns(b, b_dim), X0, damp, *params), 1
 
     @staticmethod
     def jvp(ctx: Any, _p: Any, _box: Any, db: Any, dx0: Any, ddamp: Any, *dparams: Any) -> Any:
@@ -126,7 +145,7 @@ class _Solve(torch.autograd.Function):
         if isinstance(damp, torch.Tensor):
             damp = damp.detach()
         with torch.no_grad():
-            x_dot = p.tangent(A, b, x0, damp, x, dA, db, dx0, ddamp)
+            x_dot = _unbatched("tangent", p.tangent, A, b, x0, damp, x, dA, db, dx0, ddamp)
         return x_dot.to(x.dtype)
 
     @staticmethod
@@ -137,7 +156,7 @@ class _Solve(torch.autograd.Function):
         params = ctx.saved_tensors[3:]
         p, damp = ctx.p, ctx.damp
         A = _operator_input(p, [t.detach() for t in params])
-        cot = p.backward(A, b, x0, damp, x, x_bar)
+        cot = _unbatched("gradient", p.backward, A, b, x0, damp, x, x_bar)
         needs = ctx.needs_input_grad
         if isinstance(A, torch.Tensor):
             param_grads = [_operator_grad(p, cot, A) if needs[5] else None]
@@ -146,6 +165,20 @@ class _Solve(torch.autograd.Function):
         return (None, None, _like(cot.b, b) if needs[2] else None,
                 _like(cot.x0, x0) if needs[3] else None,
                 _like(cot.damp, damp) if needs[4] else None, *param_grads)
+
+
+def _unbatched(what: str, rule: Callable[..., Any], *args: Any) -> Any:
+    """``rule(*args)``, with a clear error where torch.func.vmap batches its inputs."""
+    try:
+        return rule(*args)
+    except RuntimeError as err:
+        if not str(err).startswith("vmap:"):
+            raise
+        raise NotImplementedError(
+            f"torch.func.vmap over the {what} of an lsqdiff solve (vmap of grad or jvp, "
+            "jacrev, jacfwd) is not supported: the solves' stopping tests run on the host. "
+            "Use torch.autograd, one jvp at a time, or a 2-D b for several right-hand "
+            "sides (vmap of the solve itself and grad of a vmapped solve work)") from err
 
 
 def _operator_input(p: Prepared, params: Sequence[Any]) -> Any:
