@@ -96,8 +96,9 @@ def test_grad_maxiter_checked(bad, exc):
 
 
 def test_jax_eager_backward_traced_once(monkeypatch):
-    """Outside jit, the JAX backward pass is compiled once per settings, not
-    retraced (and its LSMR loops recompiled) on every gradient."""
+    """Outside jit, the JAX tangent rule (whose transpose is the backward pass)
+    is compiled once per settings, not retraced (and its LSMR loops recompiled)
+    on every gradient."""
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
 
@@ -105,8 +106,9 @@ def test_jax_eager_backward_traced_once(monkeypatch):
 
     jax.config.update("jax_enable_x64", True)
     traces = []
-    pullback = _solve.pullback
-    monkeypatch.setattr(_solve, "pullback", lambda *a, **k: traces.append(1) or pullback(*a, **k))
+    pushforward = _solve.pushforward
+    monkeypatch.setattr(_solve, "pushforward",
+                        lambda *a, **k: traces.append(1) or pushforward(*a, **k))
     A, b, x0, damp, x_bar = build("tall")
     # Settings no other test uses, so that the cache starts empty for them.
     opts = dict(atol=1e-11, btol=1e-11, maxiter=137)
