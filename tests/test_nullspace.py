@@ -82,7 +82,8 @@ def test_mixed_dtypes(fw):
     assert "float32" in str(fw.leaves(d)[0].dtype)
     J, c = fw.jacobian(constraint, params), fw.evaluate(constraint, params)
     np.testing.assert_allclose(fw.flat(d), reference(J, fw.flat(h), c, 0.1), rtol=1e-5, atol=1e-5)
-    assert "float64" in str(np.asarray(info.constraint_norm).dtype) or fw.name == "torch"
+    if fw.name == "jax":  # diagnostics in the solve dtype, the widest
+        assert info.constraint_norm.dtype == fw.jnp.float64
 
 
 @pytest.mark.parametrize("damp", [0.0, 0.3])

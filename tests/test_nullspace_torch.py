@@ -192,7 +192,8 @@ def test_warmup_closure_and_state_dict():
     fresh = ConstrainedOptimizer(torch.optim.Adam(params, lr=0.1), constraint, warmup=5)
     fresh.load_state_dict(state)
     assert fresh._step == 3 and fresh.param_groups[0]["lr"] == 0.1
-    assert fresh.optimizer.state_dict()["state"].keys() == opt.optimizer.state_dict()["state"].keys()
+    moments = fresh.optimizer.state_dict()["state"]
+    assert moments.keys() == opt.optimizer.state_dict()["state"].keys()
 
 
 def test_gradient_placement_with_closure_returns_loss():

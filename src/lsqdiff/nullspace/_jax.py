@@ -14,8 +14,8 @@ from jax.flatten_util import ravel_pytree
 from ._core import Linearization, ProjectionInfo
 
 # Diagnostics are JAX arrays here: the info must pass through jit and live in optax state.
-jax.tree_util.register_dataclass(ProjectionInfo, data_fields=[f.name for f in fields(ProjectionInfo)],
-                                 meta_fields=[])
+jax.tree_util.register_dataclass(
+    ProjectionInfo, data_fields=[f.name for f in fields(ProjectionInfo)], meta_fields=[])
 
 
 def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> Linearization:

@@ -103,7 +103,8 @@ def _check_match(params: Any, direction: Any, p_leaves: list[Any], h_leaves: lis
             raise ValueError(f"direction entry {i} has shape {tuple(h.shape)} but the "
                              f"parameter has {tuple(p.shape)}")
         if p.device != h.device:
-            raise ValueError(f"direction entry {i} is on {h.device} but the parameter on {p.device}")
+            raise ValueError(f"direction entry {i} is on {h.device} but the parameter is on "
+                             f"{p.device}")
 
 
 def _check_output(c: Any) -> None:
