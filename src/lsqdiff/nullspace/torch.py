@@ -78,7 +78,9 @@ class ConstrainedOptimizer:
     the gradients), then the base optimizer steps without it, so optimizers
     that re-evaluate the closure (L-BFGS) need ``"update"``. Parameters whose
     gradient is None take a zero direction and still receive a gradient
-    (the projection may move them to keep the constraint). The step counter
+    (the projection may move them to keep the constraint). The constraint is
+    evaluated once per LSMR iteration (each JVP), so it must be deterministic
+    and free of side effects (no dropout; BatchNorm in eval mode). The step counter
     used by ``warmup`` is saved by ``state_dict`` under ``"nullspace_step"``.
 
     Examples
