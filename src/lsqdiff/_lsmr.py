@@ -16,7 +16,7 @@ State = dict[str, Any]
 
 def init(p: Problem, b: Any, x0: Any, dual: bool = False) -> State:
     """The state before the first iteration; ``dual`` also tracks
-    ``A^+H (x - x0)`` for the gradient of an undamped solve (`lsqdiff._dual`)."""
+    ``z`` with ``A^H z = x - x0`` for the gradient of an undamped solve (`lsqdiff._dual`)."""
     S = p.S
     x, u, v, alpha, beta, normb, istop = start(p, b, x0)
     normar = alpha * beta
@@ -30,8 +30,8 @@ def init(p: Problem, b: Any, x0: Any, dual: bool = False) -> State:
         normr=beta, normar=normar, norma=alpha, conda=one, normx=zero,
     )
     if dual:
-        d = _dual.start(S, u, alpha, beta, p.zeros_b())
-        st.update(d, zh=d["zv"], eh=d["ev"], zhbar=d["zx"], ehbar=zero)
+        d = _dual.start(S, u, alpha, p.zeros_b())
+        st.update(d, zh=d["zv"], zhbar=d["zx"])
     return st
 
 
@@ -39,8 +39,7 @@ def step(p: Problem, st: State) -> State:
     S, damp = p.S, p.damp
     active = st["istop"] < 0
     itn = st["itn"] + 1
-    alpha_old = st["alpha"]
-    u, v, alpha, beta = _bidiag.step(p.op, st["u"], st["v"], alpha_old, S, p.norm)
+    u, v, alpha, beta = _bidiag.step(p.op, st["u"], st["v"], st["alpha"], S, p.norm)
     finite = S.isfinite(alpha + beta)
 
     # Rotation Qhat eliminates the damping; Q turns B into R; Qbar turns R^T into Rbar.
@@ -101,10 +100,7 @@ def step(p: Problem, st: State) -> State:
         normr=normr, normar=normar, norma=norma, conda=conda, normx=normx,
     )
     if "zx" in st:  # the dual: the same updates on the preimages under A^H
-        d = _dual.advance(S, st, u, alpha_old, alpha, beta)
+        zv = _dual.advance(S, st["zv"], u, alpha, beta)
         zhbar = st["zh"] - c_hbar * st["zhbar"]
-        ehbar = st["eh"] - c_hbar * st["ehbar"]
-        new.update(d, zhbar=zhbar, ehbar=ehbar, zx=st["zx"] + c_x * zhbar,
-                   ex=st["ex"] + c_x * ehbar, zh=d["zv"] - c_h * st["zh"],
-                   eh=d["ev"] - c_h * st["eh"], beta1=st["beta1"])
+        new.update(zv=zv, zhbar=zhbar, zx=st["zx"] + c_x * zhbar, zh=zv - c_h * st["zh"])
     return freeze(S, st, new, active, finite)

@@ -19,7 +19,7 @@ _EPS = 2.220446049250313e-16
 
 def init(p: Problem, b: Any, x0: Any, calc_var: bool = False, dual: bool = False) -> State:
     """The state before the first iteration; ``calc_var`` also accumulates
-    SciPy's ``var``, ``dual`` tracks ``A^+H (x - x0)`` (`lsqdiff._dual`)."""
+    SciPy's ``var``, ``dual`` tracks ``z`` with ``A^H z = x - x0`` (`lsqdiff._dual`)."""
     S = p.S
     x, u, v, alpha, beta, normb, istop = start(p, b, x0)
     arnorm = alpha * beta
@@ -33,8 +33,8 @@ def init(p: Problem, b: Any, x0: Any, calc_var: bool = False, dual: bool = False
     if calc_var:
         st["var"] = p.zeros_x()
     if dual:
-        d = _dual.start(S, u, alpha, beta, p.zeros_b())
-        st.update(d, zw=d["zv"], ew=d["ev"])
+        d = _dual.start(S, u, alpha, p.zeros_b())
+        st.update(d, zw=d["zv"])
     return st
 
 
@@ -101,8 +101,6 @@ def step(p: Problem, st: State) -> State:
         dk = w_old * S.div(1.0, rho)
         new["var"] = st["var"] + S.where(active, dk * dk, 0.0)
     if "zx" in st:  # the dual: the same updates on the preimages under A^H
-        d = _dual.advance(S, st, u, alpha_old, alpha, beta)
-        new.update(d, zx=st["zx"] + c_x * st["zw"], ex=st["ex"] + c_x * st["ew"],
-                   zw=d["zv"] - c_w * st["zw"], ew=d["ev"] - c_w * st["ew"],
-                   beta1=st["beta1"])
+        zv = _dual.advance(S, st["zv"], u, alpha, beta)
+        new.update(zv=zv, zx=st["zx"] + c_x * st["zw"], zw=zv - c_w * st["zw"])
     return freeze(S, st, new, active, finite)

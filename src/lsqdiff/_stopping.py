@@ -13,7 +13,7 @@ from .operator import Operator
 
 #: Entries of the state that are results: frozen once a column stops.
 RESULT_KEYS = ("x", "istop", "itn", "normr", "normar", "norma", "conda", "normx",
-               "r1norm", "var", "zx", "ex")
+               "r1norm", "var", "zx")
 
 
 @dataclass(frozen=True)
