@@ -230,11 +230,6 @@ class _Products(torch.nn.Module):
         return getattr(self.operator(), name)(v)
 
 
-def _has_tangent(t: Any) -> bool:
-    """Whether ``t`` carries a forward-mode tangent (a dual tensor)."""
-    return torch.autograd.forward_ad.unpack_dual(t).tangent is not None
-
-
 def _parameters(A: Any) -> list[Any]:
     """The tensors whose gradients describe A's: A itself, or a LinearOperator's params."""
     if isinstance(A, torch.Tensor):
