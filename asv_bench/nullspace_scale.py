@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""The null-space method at scale: one constrained training step on a
+50M-parameter float32 MLP against an unconstrained one (PyTorch, CPU or CUDA).
+
+    python asv_bench/nullspace_scale.py              # full figures (a few minutes on CPU)
+    python asv_bench/nullspace_scale.py --quick      # width 1024: a smoke run
+    python asv_bench/nullspace_scale.py --device cuda
+
+Model: MLP 1024 -> 4096 -> 4096 -> 4096 -> 4096 -> 32 (ReLU), 54.7M parameters.
+Unconstrained step: forward + backward of an MSE loss on a batch of 64 and one
+``torch.optim.Adam`` step. Constraint: the network's 32 outputs at 32 fixed
+collocation points equal fixed targets, k = 1,024 outputs, whose Jacobian is
+as dense as the network's. Constrained step: the same step through
+``lsqdiff.nullspace.torch.ConstrainedOptimizer`` (placement "update"), LSMR
+with atol = btol = 0 so that it runs exactly ``maxiter`` iterations (20, 50).
+
+Figures, each the median of ``--reps`` rounds in which every configuration runs
+once, back to back (ratios, not lone absolute times, are the point on a shared
+machine):
+
+* per LSMR iteration = (step(50) - step(20)) / 30, divided by one VJP of the
+  constraint (the backward pass alone, on a graph already built) and by its
+  forward + VJP;
+* constrained step / unconstrained step at maxiter 20 and 50;
+* peak memory: the process's peak RSS (``VmHWM``, Linux) over a constrained
+  step ÷ that over an unconstrained step, each configuration in a fresh
+  process that builds the model, takes one (Adam-state-allocating) step of its
+  own kind, resets ``VmHWM`` through ``/proc/self/clear_refs`` and takes the
+  measured step; glibc's mmap threshold is fixed at 64 KiB so that freed
+  tensors go back to the OS. On CUDA, ``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+MB = 2 ** 20
+
+
+def build(width: int, device: str, seed: int = 0) -> dict:
+    """Model, Adam, batch, collocation points and the constraint."""
+    import torch
+
+    torch.manual_seed(seed)
+    d_in, d_out, depth = 1024, 32, 3
+    sizes = [d_in] + [width] * (depth + 1) + [d_out]
+    layers: list = []
+    for n_in, n_out in zip(sizes, sizes[1:]):
+        layers += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1]).to(device)
+    x = torch.randn(64, d_in, device=device)
+    y = torch.randn(64, d_out, device=device)
+    x_col = torch.randn(32, d_in, device=device)
+    y_col = torch.randn(32, d_out, device=device)
+
+    def constraint(params: dict):
+        return (torch.func.functional_call(model, params, (x_col,)) - y_col).reshape(-1)
+
+    return {"model": model, "x": x, "y": y, "constraint": constraint,
+            "adam": torch.optim.Adam(model.parameters(), lr=1e-4),
+            "parameters": sum(p.numel() for p in model.parameters()), "k": 32 * d_out}
+
+
+def make_step(setup: dict, maxiter: int | None):
+    """One training step: unconstrained (``maxiter=None``) or constrained."""
+    import torch
+
+    from lsqdiff.nullspace.torch import ConstrainedOptimizer
+
+    model, x, y = setup["model"], setup["x"], setup["y"]
+    opt = setup["adam"]
+    if maxiter is not None:
+        opt = ConstrainedOptimizer(setup["adam"], setup["constraint"], model, gamma=0.1,
+                                   maxiter=maxiter, atol=0.0, btol=0.0)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        return opt
+
+    return step
+
+
+def make_vjp(setup: dict):
+    """The constraint's VJP: (backward alone on a built graph, forward + backward)."""
+    import torch
+
+    params = {n: p.detach() for n, p in setup["model"].named_parameters()}
+    c, pullback = torch.func.vjp(setup["constraint"], params)
+    u = torch.randn_like(c)
+
+    def backward():
+        return pullback(u)
+
+    def forward_backward():
+        return torch.func.vjp(setup["constraint"], params)[1](u)
+
+    return backward, forward_backward
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timings(width: int, device: str, reps: int) -> dict:
+    """Median seconds of each configuration over ``reps`` interleaved rounds."""
+    setup = build(width, device)
+    backward, forward_backward = make_vjp(setup)
+    configs = {"vjp": backward, "forward+vjp": forward_backward,
+               "unconstrained": make_step(setup, None),
+               "constrained20": make_step(setup, 20), "constrained50": make_step(setup, 50)}
+    for fn in configs.values():  # warm-up (allocates Adam's state)
+        fn()
+    times: dict = {name: [] for name in configs}
+    itn: dict = {}
+    for _ in range(reps):
+        for name, fn in configs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            out = fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+            if name.startswith("constrained"):
+                itn[name] = out.last_info.itn
+    med = {name: statistics.median(t) for name, t in times.items()}
+    med["per_iteration"] = (med["constrained50"] - med["constrained20"]) / 30
+    return {"median_s": med, "all_s": times, "itn": itn, "parameters": setup["parameters"],
+            "k": setup["k"]}
+
+
+def memory_child(width: int, device: str, maxiter: int | None) -> dict:
+    """In a fresh process: peak memory of one step of one kind (bytes)."""
+    import torch
+
+    setup = build(width, device)
+    step = make_step(setup, maxiter)
+    step()  # allocates Adam's state; the measured step is the next one
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return {"before": before, "peak": torch.cuda.max_memory_allocated()}
+    before = _proc_status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    step()
+    return {"before": before, "peak": _proc_status("VmHWM")}
+
+
+def _proc_status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory(width: int, device: str, maxiter: int | None) -> dict:
+    """`memory_child` in a fresh Python process."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import nullspace_scale as s; "
+            "m = None if sys.argv[4] == 'none' else int(sys.argv[4]); "
+            "print(json.dumps(s.memory_child(int(sys.argv[2]), sys.argv[3], m)))")
+    out = subprocess.run([sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)),
+                          str(width), device, "none" if maxiter is None else str(maxiter)],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="width 1024 (3.4M parameters)")
+    ap.add_argument("--width", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    import torch
+
+    width = args.width or (1024 if args.quick else 4096)
+    t = timings(width, args.device, args.reps)
+    med = t["median_s"]
+    mem = {name: memory(width, args.device, m)
+           for name, m in (("unconstrained", None), ("constrained20", 20), ("constrained50", 50))}
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads | MLP width "
+          f"{width}: {t['parameters'] / 1e6:.1f}M float32 parameters | constraint: "
+          f"{t['k']} outputs | medians of {args.reps} interleaved rounds | LSMR iterations "
+          f"run: {t['itn']}\n")
+    print("| figure | value |\n|---|---:|")
+    for name in ("vjp", "forward+vjp", "unconstrained", "constrained20", "constrained50",
+                 "per_iteration"):
+        print(f"| time: {name} (s) | {med[name]:.3f} |")
+    print(f"| per LSMR iteration / VJP (backward alone) | {med['per_iteration'] / med['vjp']:.2f} |")
+    print(f"| per LSMR iteration / forward + VJP | {med['per_iteration'] / med['forward+vjp']:.2f} |")
+    for n in (20, 50):
+        print(f"| constrained step (maxiter {n}) / unconstrained step | "
+              f"{med[f'constrained{n}'] / med['unconstrained']:.2f} |")
+    unit = "peak RSS" if args.device == "cpu" else "max_memory_allocated"
+    for name, m in mem.items():
+        print(f"| {unit}: {name} (MiB; {m['before'] / MB:.0f} before the step) | "
+              f"{m['peak'] / MB:.0f} |")
+    for n in (20, 50):
+        print(f"| peak memory, constrained (maxiter {n}) / unconstrained | "
+              f"{mem[f'constrained{n}']['peak'] / mem['unconstrained']['peak']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

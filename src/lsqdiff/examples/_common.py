@@ -1,0 +1,84 @@
+"""Shared pieces of the examples: command line, table and plot output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+METHODS = ("unconstrained", "penalty", "constrained")
+
+
+def check_size(size: str) -> None:
+    """Raise ``ValueError`` unless ``size`` is ``"full"`` or ``"small"``."""
+    if size not in ("full", "small"):
+        raise ValueError(f"size must be 'full' or 'small', got {size!r}")
+
+
+def format_table(result: dict, columns: Sequence[tuple[str, str, str]]) -> str:
+    """A Markdown table with one row per method.
+
+    Parameters
+    ----------
+    result : dict
+        ``result[method][key]`` for each method of `METHODS`.
+    columns : sequence of (key, header, format)
+        Which figures to show, e.g. ``("test_rmse", "test RMSE", ".4f")``.
+    """
+    head = "| method | " + " | ".join(h for _, h, _ in columns) + " |"
+    sep = "|---|" + "---:|" * len(columns)
+    rows = [f"| {m} | " + " | ".join(format(result[m][k], f) for k, _, f in columns) + " |"
+            for m in METHODS]
+    return "\n".join([head, sep, *rows])
+
+
+def new_figure(ncols: int, width: float = 11.0, height: float = 4.2):
+    """A matplotlib figure with ``ncols`` panels, on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # plots are written to files, never shown
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=(width, height))
+
+
+def save_figure(fig: Any, path: str) -> None:
+    """Write ``fig`` to ``path`` (creating its folder) and close it."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(name: str, run: Callable[..., dict], describe: Callable[[dict], str],
+         argv: Sequence[str] | None = None) -> dict:
+    """Command line of an example: run it, print its table, save its plot.
+
+    Parameters
+    ----------
+    name : str
+        The example's name; the default plot is ``docs/img/nullspace_<name>.png``
+        (relative to the working directory).
+    run : callable
+        The example's ``run(size, seed, plot)``.
+    describe : callable
+        Turns ``run``'s result into the text to print.
+    argv : sequence of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+    """
+    ap = argparse.ArgumentParser(prog=f"python -m lsqdiff.examples.{name}")
+    ap.add_argument("--small", action="store_true", help="the quick version used by the tests")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plot", default=os.path.join("docs", "img", f"nullspace_{name}.png"),
+                    help="where to write the PNG plot")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+    plot = None if args.no_plot else args.plot
+    result = run(size="small" if args.small else "full", seed=args.seed, plot=plot)
+    print(describe(result))
+    if plot is not None:
+        print(f"\nplot written to {plot}")
+    return result

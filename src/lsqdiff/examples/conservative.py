@@ -1,0 +1,201 @@
+"""A conservative vector field: s: R^2 -> R^2 with a symmetric Jacobian (PyTorch).
+
+Noisy samples of the gradient field of phi(x) = sin(x1) cos(x2) + 0.2 x1 x2 are
+fitted by an MLP s(x). A gradient field has a symmetric Jacobian, so the
+constraint is ``u_j^T (ds/dx)(x_j) w_j - w_j^T (ds/dx)(x_j) u_j = 0`` at sample
+points x_j for random unit vectors u_j, w_j (in 2-D each is a multiple of the
+curl). The constraint holds first derivatives of s in x, so its Jacobian in
+the parameters needs second derivatives: (ds/dx) w is a ``torch.func.jvp``
+inside the constraint, differentiated again by the projection's JVP/VJP.
+Scored: RMSE against the true gradient field on a grid, and the RMS curl there.
+
+    python -m lsqdiff.examples.conservative [--small] [--seed N] [--plot PATH | --no-plot]
+"""
+
+from __future__ import annotations
+
+import time
+
+from ._common import METHODS, check_size, format_table, main, new_figure, save_figure
+
+SETTINGS = {
+    "full": dict(width=64, steps=2000, n_train=100, n_col=100, lr=3e-3, maxiter=50),
+    "small": dict(width=32, steps=250, n_train=60, n_col=40, lr=1e-2, maxiter=30),
+}
+NOISE = 0.3
+BOX = 2.0
+GAMMA = 0.2  # fraction of the constraint residual removed per step
+MU = 1.0  # penalty weight: loss + MU * ||c||^2
+
+
+def grad_phi(x):
+    """∇phi for phi(x) = sin(x1) cos(x2) + 0.2 x1 x2, at points (n, 2)."""
+    import torch
+
+    x1, x2 = x[:, 0], x[:, 1]
+    return torch.stack([torch.cos(x1) * torch.cos(x2) + 0.2 * x2,
+                        -torch.sin(x1) * torch.sin(x2) + 0.2 * x1], -1)
+
+
+def _mlp(width: int):
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(2, width), torch.nn.Tanh(),
+                               torch.nn.Linear(width, width), torch.nn.Tanh(),
+                               torch.nn.Linear(width, 2))
+
+
+def asymmetry(model, params: dict, x, u, w):
+    """c_j = u_j^T S_j w_j - w_j^T S_j u_j with S_j = (ds/dx)(x_j), for rows of
+    ``x``, ``u``, ``w`` (each (k, 2)); s acts row by row, so one batched JVP
+    gives every S_j w_j."""
+    import torch
+
+    def s(z):
+        return torch.func.functional_call(model, params, (z,))
+
+    sw = torch.func.jvp(s, (x,), (w,))[1]
+    su = torch.func.jvp(s, (x,), (u,))[1]
+    return torch.sum(u * sw, -1) - torch.sum(w * su, -1)
+
+
+def curl(model, x):
+    """ds2/dx1 - ds1/dx2 at points ``x`` (n, 2)."""
+    import torch
+
+    e1 = torch.zeros_like(x)
+    e1[:, 0] = 1
+    return asymmetry(model, dict(model.named_parameters()), x, 1 - e1, e1)
+
+
+def _train(method: str, cfg: dict, data: dict, seed: int) -> dict:
+    import torch
+
+    from lsqdiff.nullspace.torch import ConstrainedOptimizer
+
+    torch.manual_seed(seed)  # the same initial network for every method
+    model = _mlp(cfg["width"])
+    adam = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+
+    def constraint(params: dict):
+        return asymmetry(model, params, data["x_col"], data["u"], data["w"])
+
+    opt = adam
+    if method == "constrained":
+        opt = ConstrainedOptimizer(adam, constraint, model, gamma=GAMMA, maxiter=cfg["maxiter"])
+    trace = []
+    start = time.perf_counter()
+    for step in range(cfg["steps"]):
+        opt.zero_grad()
+        loss = torch.mean(torch.sum((model(data["x"]) - data["y"]) ** 2, -1))
+        if method == "penalty":
+            loss = loss + MU * torch.sum(constraint(dict(model.named_parameters())) ** 2)
+        loss.backward()
+        opt.step()
+        if step % 10 == 0 or step == cfg["steps"] - 1:
+            with torch.no_grad():
+                trace.append((step, float(torch.linalg.norm(constraint(dict(model.named_parameters()))))))
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        err = model(data["x_test"]) - data["y_test"]
+        return {
+            "residual": float(torch.linalg.norm(constraint(dict(model.named_parameters())))),
+            "curl_rms": float(torch.sqrt(torch.mean(curl(model, data["x_test"]) ** 2))),
+            "test_rmse": float(torch.sqrt(torch.mean(torch.sum(err ** 2, -1)))),
+            "train_rmse": float(torch.sqrt(torch.mean(torch.sum(
+                (model(data["x"]) - data["y"]) ** 2, -1)))),
+            "seconds": seconds,
+            "field": model(data["x_grid"]).tolist(),
+            "trace": trace,
+        }
+
+
+def run(size: str = "full", seed: int = 0, plot: str | None = None) -> dict:
+    """Train the three ways and return their figures.
+
+    Parameters
+    ----------
+    size : {"full", "small"}
+        ``"small"`` is the few-second version used by the tests.
+    seed : int
+        Seeds the data and the (shared) initial network.
+    plot : str, optional
+        Path of a PNG to write (needs matplotlib).
+
+    Returns
+    -------
+    dict
+        ``result[method]`` for method in ``"unconstrained"``, ``"penalty"``,
+        ``"constrained"``: ``residual`` (2-norm of c at the constrained
+        points), ``curl_rms`` (RMS curl on a 40 x 40 grid), ``test_rmse``
+        (against ∇phi on that grid), ``train_rmse``, ``seconds``, ``field``
+        and ``trace``; and ``settings``.
+    """
+    import torch
+
+    check_size(size)
+    cfg = SETTINGS[size]
+    g = torch.Generator().manual_seed(seed)
+
+    def box(n):
+        return (torch.rand(n, 2, generator=g) * 2 - 1) * BOX
+
+    def unit(n):
+        v = torch.randn(n, 2, generator=g)
+        return v / torch.linalg.norm(v, dim=-1, keepdim=True)
+
+    x = box(cfg["n_train"])
+    grid = torch.linspace(-BOX, BOX, 40)
+    x_test = torch.cartesian_prod(grid, grid)
+    coarse = torch.linspace(-BOX, BOX, 15)
+    data = {"x": x, "y": grad_phi(x) + NOISE * torch.randn(x.shape, generator=g),
+            "x_col": box(cfg["n_col"]), "u": unit(cfg["n_col"]), "w": unit(cfg["n_col"]),
+            "x_test": x_test, "y_test": grad_phi(x_test),
+            "x_grid": torch.cartesian_prod(coarse, coarse)}
+    result = {m: _train(m, cfg, data, seed) for m in METHODS}
+    result["settings"] = dict(cfg, size=size, seed=seed, gamma=GAMMA, mu=MU, noise=NOISE,
+                              constraints=cfg["n_col"],
+                              parameters=sum(p.numel() for p in _mlp(cfg["width"]).parameters()))
+    if plot is not None:
+        _plot(result, data, plot)
+    return result
+
+
+def _plot(result: dict, data: dict, path: str) -> None:
+    import numpy as np
+
+    fig, axes = new_figure(4, width=15, height=3.8)
+    xg = data["x_grid"].numpy()
+    for ax, m in zip(axes, METHODS):
+        f = np.asarray(result[m]["field"])
+        ax.quiver(xg[:, 0], xg[:, 1], f[:, 0], f[:, 1], color="tab:blue", scale=30)
+        ax.set_aspect("equal")
+        ax.set_title(f"{m}: RMSE {result[m]['test_rmse']:.3f}, RMS curl "
+                     f"{result[m]['curl_rms']:.1e}", fontsize=9)
+    for m in METHODS:
+        steps, res = zip(*result[m]["trace"])
+        axes[3].semilogy(steps, res, label=m)
+    axes[3].set_xlabel("step")
+    axes[3].set_title("||c|| at the constrained points", fontsize=9)
+    axes[3].legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def describe(result: dict) -> str:
+    """The table printed by ``python -m lsqdiff.examples.conservative``."""
+    s = result["settings"]
+    return (f"conservative ({s['size']}): MLP 2-{s['width']}-{s['width']}-2, {s['parameters']} "
+            f"parameters, {s['constraints']} constraints, {s['n_train']} samples (noise "
+            f"{s['noise']}), {s['steps']} Adam steps (lr {s['lr']}); null-space "
+            f"gamma={s['gamma']}, LSMR maxiter={s['maxiter']}; penalty mu={s['mu']}\n\n"
+            + format_table(result, [
+                ("residual", "||c|| (constrained points)", ".2e"),
+                ("curl_rms", "RMS curl (40x40 grid)", ".2e"),
+                ("train_rmse", "train RMSE", ".3f"),
+                ("test_rmse", "RMSE vs grad phi (grid)", ".3f"),
+                ("seconds", "train time (s)", ".1f"),
+            ]))
+
+
+if __name__ == "__main__":
+    main("conservative", run, describe)
