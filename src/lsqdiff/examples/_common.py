@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -75,7 +76,14 @@ def main(name: str, run: Callable[..., dict], describe: Callable[[dict], str],
     ap.add_argument("--plot", default=os.path.join("docs", "img", f"nullspace_{name}.png"),
                     help="where to write the PNG plot")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="PyTorch CPU threads (default 1: on these tiny models more threads "
+                         "only add synchronisation, which is very costly on a busy machine)")
     args = ap.parse_args(argv)
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     plot = None if args.no_plot else args.plot
     result = run(size="small" if args.small else "full", seed=args.seed, plot=plot)
     print(describe(result))

@@ -20,7 +20,7 @@ from ._common import METHODS, check_size, format_table, main, new_figure, save_f
 
 SETTINGS = {
     "full": dict(width=64, steps=2000, n_train=100, n_col=100, lr=3e-3, maxiter=50),
-    "small": dict(width=32, steps=250, n_train=60, n_col=40, lr=1e-2, maxiter=30),
+    "small": dict(width=32, steps=120, n_train=60, n_col=16, lr=1e-2, maxiter=20),
 }
 NOISE = 0.3
 BOX = 2.0

@@ -22,7 +22,7 @@ from ._common import METHODS, check_size, format_table, main, new_figure, save_f
 
 SETTINGS = {
     "full": dict(width=64, steps=3000, n_train=64, n_col=48, lr=3e-3, maxiter=50),
-    "small": dict(width=32, steps=400, n_train=48, n_col=24, lr=1e-2, maxiter=30),
+    "small": dict(width=32, steps=300, n_train=48, n_col=16, lr=1e-2, maxiter=32),
 }
 NOISE = 0.05
 RADIUS = 2.0
