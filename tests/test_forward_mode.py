@@ -69,6 +69,57 @@ def jax_solve(solver, has_x0, damped):
     return f
 
 
+def while_loops(fn, *args) -> int:
+    """While loops in ``fn``'s jaxpr, counting those in its equations' parameters
+    (custom_linear_solve holds a solve and its transpose)."""
+    import jax
+
+    def count(jaxpr):
+        total = 0
+        for eqn in jaxpr.eqns:
+            total += eqn.primitive.name == "while"
+            stack = list(eqn.params.values())
+            while stack:
+                v = stack.pop()
+                if hasattr(v, "eqns"):
+                    total += count(v)
+                elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
+                    total += count(v.jaxpr)
+                elif isinstance(v, tuple):
+                    stack.extend(v)
+        return total
+
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+@pytest.mark.parametrize("case", ["tall", "wide-x0", "complex-tall"])
+def test_jax_full_rank_one_solve(jx, case):
+    """assume_full_rank: jvp and check_grads (fwd, rev) match the dense solution
+    map, and a tangent or gradient in A costs one solve beyond the forward (tall:
+    N^-1 t is the dual of the A^H solve; wide: y is the forward's dual)."""
+    from jax.test_util import check_grads
+
+    jnp = jx.numpy
+    A, b, x0, _, _ = small_problem(case)
+    dA, db, dx0, _ = tangents(A, b, x0, 0.0)
+
+    def f(A, b, *x0):
+        return lsqdiff.lsmr(A, b, x0=x0[0] if x0 else None, assume_full_rank=True,
+                            **TIGHT_GRAD)[0]
+
+    args = [jnp.asarray(a) for a in present(A, b, x0, None)]
+    tans = [jnp.asarray(a) for a in present(dA, db, dx0, None)]
+    _, x_dot = jx.jit(lambda a, t: jx.jvp(f, a, t))(args, tans)
+    assert_close(x_dot, reference_tangent(A, b, x0, 0.0, dA, db, dx0, 0.0), 1e-7, 1e-9, "x_dot")
+    check_grads(jx.jit(f), args, order=1, modes=["fwd", "rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+    rest = args[2:]
+    # forward; one solve and its transpose (custom_linear_solve keeps both)
+    assert while_loops(lambda A, t: jx.jvp(lambda A: f(A, args[1], *rest), (A,), (t,)),
+                       args[0], args[0]) == 3
+    loss = lambda A: jnp.sum(jnp.abs(f(A, args[1], *rest)) ** 2)  # noqa: E731
+    assert while_loops(jx.grad(loss), args[0]) == 3
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_jax_jvp_and_check_grads(jx, case):
     """jax.jvp (under jit) equals the central difference of the dense solution
@@ -164,33 +215,13 @@ def test_jax_solves_skipped_without_tangents(jx):
     A, b, x0 = jnp.asarray(A), jnp.asarray(b), jnp.asarray(x0)
     f = lambda A, b: lsqdiff.lsmr(A, b, x0=x0, **TIGHT_GRAD)[0]  # noqa: E731
 
-    def count(jaxpr):
-        """While loops in a jaxpr and the jaxprs in its equations' parameters
-        (custom_linear_solve holds a solve and its transpose)."""
-        total = 0
-        for eqn in jaxpr.eqns:
-            total += eqn.primitive.name == "while"
-            stack = list(eqn.params.values())
-            while stack:
-                v = stack.pop()
-                if hasattr(v, "eqns"):
-                    total += count(v)
-                elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
-                    total += count(v.jaxpr)
-                elif isinstance(v, tuple):
-                    stack.extend(v)
-        return total
-
-    def loops(fn, *args):
-        return count(jx.make_jaxpr(fn)(*args).jaxpr)
-
-    in_b = loops(lambda b, t: jx.jvp(lambda b: f(A, b), (b,), (t,)), b, b)
-    in_A = loops(lambda A, t: jx.jvp(lambda A: f(A, b), (A,), (t,)), A, A)
+    in_b = while_loops(lambda b, t: jx.jvp(lambda b: f(A, b), (b,), (t,)), b, b)
+    in_A = while_loops(lambda A, t: jx.jvp(lambda A: f(A, b), (A,), (t,)), A, A)
     # forward; A^+ and its transpose (custom_linear_solve keeps both)
     assert in_b == 3
     # forward; y; A^+H and A^+ each with its transpose
     assert in_A == 6
-    grad_b = loops(jx.grad(lambda b: jnp.sum(f(A, b))), b)
+    grad_b = while_loops(jx.grad(lambda b: jnp.sum(f(A, b))), b)
     assert grad_b == 3  # the transpose needs no y
 
 
@@ -285,6 +316,24 @@ def test_torch_gradcheck_forward_ad(th, case):
     """gradcheck with check_forward_ad (and the backward) in every input."""
     A, b, x0, damp, _ = small_problem(case)
     f = jax_solve(lsqdiff.lsmr, x0 is not None, bool(damp))
+    inputs = [t.requires_grad_() for t in torch_inputs(th, A, b, x0, damp or None)]
+    assert th.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-6,
+                                 check_forward_ad=True)
+
+
+@pytest.mark.parametrize("case", ["tall", "wide-x0", "complex-wide-damped-x0"])
+def test_torch_gradcheck_forward_ad_full_rank(th, case):
+    """assume_full_rank (one gradient solve; see test_jax_full_rank_one_solve):
+    forward and backward gradcheck."""
+    A, b, x0, damp, _ = small_problem(case)
+
+    def f(*args):
+        A, b, *rest = args
+        x0 = rest.pop(0) if x0_given else None
+        return lsqdiff.lsmr(A, b, x0=x0, damp=rest[0] if rest else 0.0, assume_full_rank=True,
+                            **TIGHT_GRAD)[0]
+
+    x0_given = x0 is not None
     inputs = [t.requires_grad_() for t in torch_inputs(th, A, b, x0, damp or None)]
     assert th.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-6,
                                  check_forward_ad=True)

@@ -229,6 +229,25 @@ def test_assume_full_rank_same_gradients(case):
         assert np.all(fast.x0 == 0)  # no null space: the warm start has no effect
 
 
+@pytest.mark.parametrize("solver_name", ["lsmr", "lsqr"])
+@pytest.mark.parametrize("case", ["tall", "tall-x0", "wide", "wide-x0", "square", "2d-b"])
+def test_assume_full_rank_takes_one_backward_solve(monkeypatch, solver_name, case):
+    """Undamped with assume_full_rank the backward pass is one LSMR solve: a tall
+    (or square) A gets g as the dual of the b_bar solve, a wide A gets y from the
+    forward solve's dual; the gradients still match the closed form."""
+    from lsqdiff import _gradient
+
+    calls = []
+    real = _gradient.lsmr_on
+    monkeypatch.setattr(_gradient, "lsmr_on", lambda *a, **k: calls.append(k) or real(*a, **k))
+    A, b, x0, damp, x_bar = build(case)
+    _, grads = run_vjp(getattr(lsqdiff, solver_name), A, b, x0, damp, x_bar,
+                       assume_full_rank=True)
+    assert_matches_closed_form(grads, closed_form(A, b, x0, damp, x_bar), x_bar)
+    assert len(calls) == 1
+    assert calls[0].get("dual", False) == (A.shape[0] >= A.shape[1])
+
+
 def test_backward_tolerances_follow_the_forward_unless_overridden():
     """The backward solves use the forward's atol/btol (a loose forward gives a
     loose gradient); grad_atol/grad_btol override them in both directions."""

@@ -6,7 +6,9 @@ Problems and settings come from ``grad_common`` (float64, cond 100; loss
 * ``GradientTime``: the forward (``time_forward``) and value-and-grad
   (``time_value_and_grad``) under JAX (jit) and PyTorch, and matfree's LSMR
   under JAX beside them, with atol = btol = 1e-6 (``tol``) or exactly 60
-  iterations (``fixed60``; lsqdiff with ``grad_maxiter=60``, matfree's rule).
+  iterations (``fixed60``; lsqdiff with ``grad_maxiter=60``, matfree's rule),
+  with the any-rank rule (``rank="any"``) or ``assume_full_rank=True``
+  (matfree: ``is_full_rank=True``; undamped problems only).
   ``track_ratio`` is value-and-grad / forward, timed in interleaved rounds
   (target <= 2.5).
 * ``GradientMemory``: peak memory of the forward and of value-and-grad for 50
@@ -36,37 +38,42 @@ def _require(framework: str) -> None:
         raise NotImplementedError(f"{module} is not installed")
 
 
-def _callables(framework: str, problem: str, setting: str):
+def _callables(framework: str, problem: str, setting: str, rank: str):
+    full = "+fr" if rank == "full" else ""
     if framework == "matfree":
-        return gc.jax_callables(problem, setting, "matfree")
-    variant = "lsqdiff+cap" if setting == "fixed60" else "lsqdiff"
-    make = gc.jax_callables if framework == "jax" else gc.torch_callables
+        variant = "matfree" + full
+    else:
+        variant = "lsqdiff" + full + ("+cap" if setting == "fixed60" else "")
+    if not gc.variant_applies(problem, setting, variant):
+        raise NotImplementedError(f"{variant} does not apply to {problem} ({setting})")
+    make = {"jax": gc.jax_callables, "torch": gc.torch_callables,
+            "matfree": gc.jax_callables}[framework]
     return make(problem, setting, variant)
 
 
 class GradientTime:
     """Forward and value-and-grad wall time, and their ratio."""
 
-    params = [FRAMEWORKS, list(gc.GRAD_PROBLEMS), list(gc.MODES)]
-    param_names = ["framework", "problem", "setting"]
+    params = [FRAMEWORKS, list(gc.GRAD_PROBLEMS), list(gc.MODES), ["any", "full"]]
+    param_names = ["framework", "problem", "setting", "rank"]
     timeout = 300
     number = 1
     repeat = (3, 10, 30.0)
     warmup_time = 0.0
 
-    def setup(self, framework, problem, setting):
+    def setup(self, framework, problem, setting, rank):
         _require(framework)
-        self.forward, self.value_and_grad = _callables(framework, problem, setting)
+        self.forward, self.value_and_grad = _callables(framework, problem, setting, rank)
         self.forward()  # JAX compiles here
         self.value_and_grad()
 
-    def time_forward(self, framework, problem, setting):
+    def time_forward(self, framework, problem, setting, rank):
         self.forward()
 
-    def time_value_and_grad(self, framework, problem, setting):
+    def time_value_and_grad(self, framework, problem, setting, rank):
         self.value_and_grad()
 
-    def track_ratio(self, framework, problem, setting):
+    def track_ratio(self, framework, problem, setting, rank):
         """Median over 5 rounds of value-and-grad / forward timed back to back."""
         ratios = []
         for _ in range(5):

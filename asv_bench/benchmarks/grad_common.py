@@ -179,16 +179,17 @@ def count_iterations(problem: str, mode: str, variant: str, framework: str = "to
     records: list = []
     original = _gradient.lsmr_on
 
-    def recording(op, rhs, *, maxiter=None, limit=None, **kw):
+    def recording(op, rhs, *, maxiter=None, limit=None, dual=False, **kw):
         mi = max(min(op.shape), maxiter or 0) if limit is None else limit  # as in lsmr_on
-        st = _driver.run(op, rhs, None, 0.0, method=_lsmr, maxiter=mi, options=(), **kw)
+        st = _driver.run(op, rhs, None, 0.0, method=_lsmr, maxiter=mi,
+                         options=(("dual", True),) if dual else (), **kw)
         if framework == "jax":
             import jax
 
             jax.debug.callback(lambda i: records.append(int(np.max(i))), st["itn"])
         else:
             records.append(int(np.max(np.asarray(st["itn"]))))
-        return st["x"]
+        return (st["x"], st["zx"]) if dual else st["x"]
 
     _gradient.lsmr_on = recording
     try:

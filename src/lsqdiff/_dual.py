@@ -25,6 +25,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: The state entries the dual adds to LSMR's and LSQR's (``zx`` is the result).
+STATE_KEYS = ("zx", "zv", "zh", "zhbar", "zw")
+
 
 def start(S: Any, u: Any, alpha: Any, zeros_b: Any) -> dict[str, Any]:
     """Preimages after the bidiagonalisation's first step: ``z(v_1)`` and ``z_0 = 0``."""

@@ -12,8 +12,10 @@ solves, never the iterations of the forward solve (DESIGN.md section 2):
 * undamped (pseudo-inverse, any rank): ``b_bar = A^+H x_bar`` and
   ``y = A^+H (x - x0)`` as one two-column solve with ``A^H`` (two one-column
   solves on a CPU, where they are faster), then
-  ``g = A^+ b_bar``; with ``assume_full_rank`` a tall ``A`` needs no ``y`` and a
-  wide ``A`` no ``g``.
+  ``g = A^+ b_bar``: three solves;
+* undamped with ``assume_full_rank``, one solve: a tall ``A`` needs no ``y``,
+  and the ``b_bar`` solve's dual (`lsqdiff._dual`) is ``g``; a wide ``A``
+  needs no ``g``, and ``y`` is the forward solve's dual.
 
 :func:`pushforward` is the forward-mode rule (the tangent of ``x`` given the
 tangents of the inputs), written with the same solves: each is passed through
@@ -76,13 +78,14 @@ class Cotangents:
 def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_bar: Array, *,
              xp: Any, backend: Any, dtype: Any, atol: float, btol: float, ctol: float,
              maxiter: int | None, damped: bool, assume_full_rank: bool = False,
-             limit: int | None = None) -> Cotangents:
+             limit: int | None = None, y: Array | None = None) -> Cotangents:
     """Gradients of ``b``, ``x0``, ``damp`` and ``A`` given ``x_bar`` (see the module doc).
 
     ``damped`` says which rule applies; it is decided from the value the user gave
     (a damp passed as an array is taken to be positive). Each solve runs at most
     ``limit`` iterations when given, else at least ``min(m, n)`` and ``maxiter``
-    (`lsqdiff._driver.lsmr_on`).
+    (`lsqdiff._driver.lsmr_on`). ``y = A^+H (x - x0)`` when the forward solve
+    carried it (undamped, wide, ``assume_full_rank``: see `Prepared.forward_dual`).
     """
     m, n = op.shape
     settings = dict(xp=xp, backend=backend, dtype=dtype, atol=atol, btol=btol, ctol=ctol,
@@ -102,9 +105,13 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
     AH = Operator((n, m), op.rmatvec, op.matvec)
     terms: list[tuple[float, Array, Array]] = []
     tall_full_rank = assume_full_rank and m >= n
-    if tall_full_rank:  # the null space is {0}: x0 and y drop out
-        b_bar = lsmr_on(AH, x_bar, **settings)
+    if tall_full_rank:
+        # The null space is {0}: x0 and y drop out, and as A is injective the dual of
+        # the b_bar solve, z with A z = b_bar, is g = A^+ b_bar (no second solve).
+        b_bar, g = lsmr_on(AH, x_bar, dual=True, **settings)
         x0_bar = None if x0 is None else xp.zeros_like(x0)
+    elif y is not None:  # carried by the forward solve
+        b_bar = lsmr_on(AH, x_bar, **settings)
     elif backend.on_cpu(x_bar):
         # On a CPU a product with 2k columns costs more than 2k matrix-vector
         # products, and a single column's recurrences run on Python floats:
@@ -122,7 +129,8 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
         terms.append((1.0, y, w))
         x0_bar = None if x0 is None else w
     if not (assume_full_rank and m < n):  # a wide full-rank A leaves no residual
-        g = lsmr_on(op, b_bar, **settings)
+        if not tall_full_rank:
+            g = lsmr_on(op, b_bar, **settings)
         terms.append((1.0, b - op.matvec(x), g))
     terms.append((-1.0, b_bar, x))
     # At damp = 0 the solution does not move with damp to first order.
@@ -134,7 +142,7 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
                 dA: Operator | None, db: Array | None, dx0: Array | None, ddamp: Any, xp: Any,
                 backend: Any, dtype: Any, atol: float, btol: float, ctol: float,
                 maxiter: int | None, damped: bool, assume_full_rank: bool = False,
-                limit: int | None = None) -> Array:
+                limit: int | None = None, y: Array | None = None) -> Array:
     """The tangent of ``x`` given the inputs' tangents (None: zero).
 
     ``dA`` holds the products with the tangent of ``A``: ``dA.matvec(v) = A' v``
@@ -148,41 +156,45 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
       pseudo-inverse): ``w = A'^H y + x0'`` with ``y = A^+H d``, then
       ``x' = w + A^+ (b' - A' x - A w + A^+H (A'^H r))``: a solve with ``A^H`` for
       ``y`` (only when ``A`` moves) and one for the residual term, and one
-      with ``A``; with ``assume_full_rank`` a tall ``A`` needs no ``w`` and a
-      wide ``A`` (``r = 0``) no residual term.
+      with ``A``; with ``assume_full_rank`` a wide ``A`` (``r = 0``) needs no
+      residual term and takes ``y`` from the forward solve, and a tall ``A``
+      (no null space, so no ``w``) one solve:
+      ``x' = N^-1 (A^H (b' - A' x) + A'^H r)`` with ``N = A^H A``, whose
+      solution is the dual of the minimum-norm solve with ``A^H`` (`lsqdiff._dual`).
 
-    Settings as for :func:`pullback`. A tangent solve is skipped when the
-    tangents it acts on are all None.
+    Settings and ``y`` as for :func:`pullback`. A tangent solve is skipped when
+    the tangents it acts on are all None.
     """
     m, n = op.shape
     settings = dict(xp=xp, backend=backend, dtype=dtype, atol=atol, btol=btol, ctol=ctol,
                     maxiter=maxiter, limit=limit)
     d = x if x0 is None else x - x0
-    terms: list[Array] = []  # right-hand side of the final solve
+
+    def normal_terms() -> list[Array | None]:  # A^H (b' - A' x) + A'^H r
+        q = _sum([db, None if dA is None else -dA.matvec(x)])
+        return [None if q is None else op.rmatvec(q),
+                None if dA is None else dA.rmatvec(b - op.matvec(x))]
+
+    def normal(shift: Any) -> Any:  # v -> (A^H A + shift I) v
+        return lambda v: op.rmatvec(op.matvec(v)) + shift * v
 
     if damped:
         K = Operator((n, m + n), lambda c: op.rmatvec(c[:m, ...]) + damp * c[m:, ...],
                      lambda z: xp.concat([op.matvec(z), damp * z], axis=0))
 
-        def normal_solve(t: Array) -> Array:  # M^-1 t; M is Hermitian: its own adjoint
+        def damped_solve(t: Array) -> Array:  # M^-1 t
             return lsmr_on(K, t, **settings)[m:, ...] / damp
 
-        q = _sum([db, None if dA is None else -dA.matvec(x)])
-        if q is not None:
-            terms.append(op.rmatvec(q))
-        if dA is not None:
-            terms.append(dA.rmatvec(b - op.matvec(x)))
-        if dx0 is not None:
-            terms.append((damp * damp) * dx0)
-        if ddamp is not None:
-            terms.append((-2 * damp * ddamp) * d)
-        t = _sum(terms)
-        if t is None:
-            return xp.zeros_like(x)
-        return backend.linear_solve(
-            normal_solve, normal_solve, lambda v: op.rmatvec(op.matvec(v)) + (damp * damp) * v, t)
+        t = _sum(normal_terms() + [None if dx0 is None else (damp * damp) * dx0,
+                                   None if ddamp is None else (-2 * damp * ddamp) * d])
+        return _hermitian_solve(backend, damped_solve, normal(damp * damp), t, x, xp)
 
     AH = Operator((n, m), op.rmatvec, op.matvec)
+    if assume_full_rank and m >= n:
+        def dual_solve(t: Array) -> Array:  # N^-1 t
+            return lsmr_on(AH, t, dual=True, **settings)[1]
+
+        return _hermitian_solve(backend, dual_solve, normal(0.0), _sum(normal_terms()), x, xp)
 
     def pinv(rhs: Array) -> Array:  # A^+ rhs; its adjoint is A^+H
         return backend.linear_solve(lambda q: lsmr_on(op, q, **settings),
@@ -192,10 +204,9 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
         return backend.linear_solve(lambda s: lsmr_on(AH, s, **settings),
                                     lambda c: lsmr_on(op, c, **settings), op.rmatvec, rhs)
 
-    w = None
-    if not (assume_full_rank and m >= n):  # a tall full-rank A has no null space: w drops out
-        y = None if dA is None else lsmr_on(AH, d, **settings)
-        w = _sum([None if dA is None else dA.rmatvec(y), dx0])
+    if y is None and dA is not None:
+        y = lsmr_on(AH, d, **settings)
+    w = _sum([None if dA is None else dA.rmatvec(y), dx0])
     terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]
     if dA is not None and not (assume_full_rank and m < n):  # a wide full-rank A leaves r = 0
         terms.append(pinv_h(dA.rmatvec(b - op.matvec(x))))
@@ -203,6 +214,15 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
     # At damp = 0 the solution does not move with damp to first order: no damp' term.
     dx = _sum([None if q is None else pinv(q), w])
     return xp.zeros_like(x) if dx is None else dx
+
+
+def _hermitian_solve(backend: Any, solve: Any, matvec: Any, t: Array | None, x: Array,
+                     xp: Any) -> Array:
+    """``solve(t)`` for a Hermitian ``matvec`` (so ``solve`` is its own adjoint);
+    zeros where ``t`` is None."""
+    if t is None:
+        return xp.zeros_like(x)
+    return backend.linear_solve(solve, solve, matvec, t)
 
 
 def _sum(terms: list[Array | None]) -> Array | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import array_api_compat as aac
 
-from . import _driver, _validate
+from . import _driver, _dual, _validate
 from ._gradient import Cotangents, pullback, pushforward
 from ._info import CONVERGED_CODES, SolveInfo
 from .backends import Backend, backend_for
@@ -26,10 +26,13 @@ from .operator import Operator
 class Prepared:
     """A checked solve, ready to run and to differentiate.
 
-    ``run(A, b, x0, damp)`` returns the final state; ``backward(A, b, x0, damp,
-    x, x_bar)`` the `Cotangents`; ``tangent(A, b, x0, damp, x, dA, db, dx0,
-    ddamp)`` the tangent of ``x`` (``dA`` an `Operator` of products with A's
-    tangent; None for a zero tangent); ``operator(A)`` the products with ``A``. They
+    ``run(A, b, x0, damp)`` returns the final state; ``run_differentiated`` the
+    same and ``y``, what the gradient can take from the forward solve (the dual
+    ``A^+H (x - x0)`` of an undamped wide solve under ``assume_full_rank``, see
+    `lsqdiff._dual`; else None); ``backward(A, b, x0, damp, x, x_bar, y)`` the
+    `Cotangents`; ``tangent(A, b, x0, damp, x, y, dA, db, dx0, ddamp)`` the
+    tangent of ``x`` (``dA`` an `Operator` of products with A's tangent; None
+    for a zero tangent); ``operator(A)`` the products with ``A``. They
     take the inputs as arguments so that adapters can pass traced or detached
     versions of them. ``cache_key`` is None, or a hashable key such that every
     `Prepared` with that key has ``backward``, ``tangent`` and ``operator`` that
@@ -40,6 +43,7 @@ class Prepared:
     xp: Any
     dtype: Any
     run: Callable[..., dict[str, Any]]
+    run_differentiated: Callable[..., tuple[dict[str, Any], Any]]
     backward: Callable[..., Cotangents]
     tangent: Callable[..., Any]
     operator: Callable[[Any], Operator]
@@ -72,14 +76,19 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
         atol=float(atol), btol=float(btol), ctol=1.0 / conlim if conlim > 0 else 0.0,
         options=tuple(sorted(method_options.items())),
     )
-    run = functools.partial(_driver.run, xp=xp, backend=backend, **settings)
     dtype = settings["dtype"]
     damped = _is_positive(damp)
+    # A wide full-rank solve hands the gradient y = A^+H (x - x0): its dual.
+    forward_dual = not damped and bool(assume_full_rank) and shape_A[0] < shape_A[1]
+    dual_settings = {**settings, "options": settings["options"] + (("dual", True),)}
+    run = functools.partial(_driver.run, xp=xp, backend=backend, **settings)
+    run_dual = functools.partial(_driver.run, xp=xp, backend=backend, **dual_settings)
     cache_key = None
     if backend.traced and not _validate.is_operator(A):
         # Dense and sparse A are arguments, so one compiled loop serves every call
         # with these settings; a LinearOperator's closures are not, so it runs as is.
         run = backend.compiled(tuple(settings.values()), run)
+        run_dual = backend.compiled(tuple(dual_settings.values()), run_dual)
         # What else the backward pass depends on besides its array arguments.
         cache_key = (tuple(settings.values()), damped, bool(assume_full_rank), grad_atol,
                      grad_btol, grad_maxiter)
@@ -100,16 +109,24 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
     def cast(a: Any) -> Any:
         return None if a is None else xp.astype(a, dtype)
 
-    def backward(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, x_bar: Any) -> Cotangents:
-        return pullback(operator(A_), cast(b_), x, cast(x0_), damp_, cast(x_bar), **grad_settings)
+    def run_differentiated(A_: Any, b_: Any, x0_: Any, damp_: Any) -> tuple[dict[str, Any], Any]:
+        if not forward_dual:
+            return run(A_, b_, x0_, damp_), None
+        state = run_dual(A_, b_, x0_, damp_)
+        return {k: v for k, v in state.items() if k not in _dual.STATE_KEYS}, state["zx"]
 
-    def tangent(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, dA: Operator | None, db: Any,
-                dx0: Any, ddamp: Any) -> Any:
+    def backward(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, x_bar: Any,
+                 y: Any = None) -> Cotangents:
+        return pullback(operator(A_), cast(b_), x, cast(x0_), damp_, cast(x_bar), y=y,
+                        **grad_settings)
+
+    def tangent(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, y: Any, dA: Operator | None,
+                db: Any, dx0: Any, ddamp: Any) -> Any:
         return pushforward(operator(A_), cast(b_), x, cast(x0_), damp_, dA=dA, db=cast(db),
-                           dx0=cast(dx0), ddamp=ddamp, **grad_settings)
+                           dx0=cast(dx0), ddamp=ddamp, y=y, **grad_settings)
 
-    return Prepared(backend, xp, dtype, run, backward, tangent, operator, (A, b, x0, damp),
-                    cache_key)
+    return Prepared(backend, xp, dtype, run, run_differentiated, backward, tangent, operator,
+                    (A, b, x0, damp), cache_key)
 
 
 def solve(method: ModuleType, A: Any, b: Any, **kwargs: Any) -> tuple[Any, dict[str, Any], Backend]:

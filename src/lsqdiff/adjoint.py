@@ -118,7 +118,7 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
               "maxiter": None, **kwargs}
     p = prepare(method, A, b, default_maxiter=default_maxiter, **kwargs)
     with p.backend.solve_context():
-        state = p.run(*p.args)
+        state, y = p.run_differentiated(*p.args)
     x = state["x"]
     A_, b_, x0_, damp_ = p.args
     shape = p.operator(A_).shape
@@ -128,7 +128,7 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
             raise ValueError(f"x_bar must have the shape of x, {tuple(x.shape)}, got "
                              f"{tuple(x_bar.shape)}")
         with p.backend.solve_context():
-            cot = p.backward(A_, b_, x0_, damp_, x, x_bar)
+            cot = p.backward(A_, b_, x0_, damp_, x, x_bar, y)
         return Gradients(LowRank(cot.A, p.xp, shape), cot.b, cot.x0, float(cot.damp))
 
     return (x, make_info(state, p.backend)), pullback

@@ -46,9 +46,12 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     maxiter : int, optional
         Iteration limit; default ``min(m, n)``.
     assume_full_rank : bool, optional
-        Gradients only: ``A`` has full rank, so a tall ``A``'s backward pass
-        skips the null-space solve and a wide ``A``'s the residual solve (two
-        solves instead of three). Ignored when ``damp > 0``.
+        Gradients only: ``A`` has full rank, so the gradient (or tangent) of
+        an undamped solve is one LSMR solve instead of three: a tall ``A``
+        has no null space and a wide one no residual, and the missing solve
+        is read off the dual of a solve that runs anyway (see the gradients
+        page of the docs). Wrong gradients if ``A`` is rank-deficient.
+        Ignored when ``damp > 0``.
     grad_atol, grad_btol : float, optional
         Tolerances of the LSMR solves of the backward pass; default the
         forward's ``atol``, ``btol``.
@@ -140,9 +143,12 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     maxiter : int, optional
         Iteration limit; default ``2 n``.
     assume_full_rank : bool, optional
-        Gradients only: ``A`` has full rank, so a tall ``A``'s backward pass
-        skips the null-space solve and a wide ``A``'s the residual solve (two
-        solves instead of three). Ignored when ``damp > 0``.
+        Gradients only: ``A`` has full rank, so the gradient (or tangent) of
+        an undamped solve is one LSMR solve instead of three: a tall ``A``
+        has no null space and a wide one no residual, and the missing solve
+        is read off the dual of a solve that runs anyway (see the gradients
+        page of the docs). Wrong gradients if ``A`` is rank-deficient.
+        Ignored when ``damp > 0``.
     grad_atol, grad_btol : float, optional
         Tolerances of the LSMR solves of the backward pass; default the
         forward's ``atol``, ``btol``.

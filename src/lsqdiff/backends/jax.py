@@ -52,12 +52,12 @@ class JaxBackend(Backend):
             return p.run(rebuild(A_args), b, x0, damp)
 
         def jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[State, State]:
-            state = p.run(rebuild(primals[0]), *primals[1:])
+            state, y = p.run_differentiated(rebuild(primals[0]), *primals[1:])
             # Which inputs move: the others are symbolic zeros, and their solves are skipped.
             moving = tuple(_moves(t) for t in tangents)
             dots = [_instantiate(t, x) if move else None
                     for t, x, move in zip(tangents, primals, moving)]
-            x_dot = self._tangent(p, rebuild, moving)(*primals, state["x"], *dots)
+            x_dot = self._tangent(p, rebuild, moving)(*primals, state["x"], y, *dots)
             # The diagnostics are not differentiated.
             state_dot = {k: SymbolicZero(jax.typeof(v).to_tangent_aval()) for k, v in state.items()}
             state_dot["x"] = x_dot
@@ -68,16 +68,16 @@ class JaxBackend(Backend):
 
     def _tangent(self, p: Prepared, rebuild: Callable[[Any], Any],
                  moving: tuple[bool, ...]) -> Callable[..., Any]:
-        """``(A_args, b, x0, damp, x, dA_args, db, dx0, ddamp) -> x_dot`` (None for
+        """``(A_args, b, x0, damp, x, y, dA_args, db, dx0, ddamp) -> x_dot`` (None for
         the inputs that do not move), compiled once per ``p.cache_key`` and
         ``moving``: outside ``jit`` its LSMR loops would otherwise be retraced and
         recompiled on every call (~1 s), and so would their transposes under
         ``jax.grad``, which transposes this function's compiled tangent part."""
 
-        def tangent(A_args: Any, b: Any, x0: Any, damp: Any, x: Any, dA_args: Any, db: Any,
-                    dx0: Any, ddamp: Any) -> Any:
+        def tangent(A_args: Any, b: Any, x0: Any, damp: Any, x: Any, y: Any, dA_args: Any,
+                    db: Any, dx0: Any, ddamp: Any) -> Any:
             dA = None if dA_args is None else _tangent_operator(p, rebuild, A_args, dA_args)
-            x_dot = p.tangent(rebuild(A_args), b, x0, damp, x, dA, db, dx0, ddamp)
+            x_dot = p.tangent(rebuild(A_args), b, x0, damp, x, y, dA, db, dx0, ddamp)
             return x_dot.astype(x.dtype)  # a float64 damp must not promote a float32 solve
 
         if p.cache_key is None:  # a LinearOperator: its closures differ from call to call

@@ -84,10 +84,12 @@ def _csr_transpose(A: Any) -> Any:
 
 
 class _Box:
-    """Carries the solve's diagnostics out of `_Solve.forward`. Not a list:
-    torch.func flattens a Function's arguments, and would find the output in it."""
+    """Carries the solve's diagnostics (and the dual ``y`` for the gradient) out of
+    `_Solve.forward`. Not a list: torch.func flattens a Function's arguments, and
+    would find the output in it."""
 
     state: State
+    y: Any
 
 
 class _Solve(torch.autograd.Function):
@@ -97,15 +99,16 @@ class _Solve(torch.autograd.Function):
     @staticmethod
     def forward(p: Prepared, box: _Box, b: Any, x0: Any, damp: Any, *params: Any) -> Any:
         with p.backend.solve_context():
-            state = p.run(_operator_input(p, params), b, x0, damp)
+            state, box.y = p.run_differentiated(_operator_input(p, params), b, x0, damp)
         box.state = state
         return state["x"]
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
-        p, _, b, x0, damp, *params = inputs
+        p, box, b, x0, damp, *params = inputs
         ctx.p = p
         ctx.damp = damp
+        ctx.y = box.y
         ctx.save_for_backward(b, x0, output, *params)
         ctx.save_for_forward(b, x0, output, *params)
 
@@ -145,7 +148,7 @@ class _Solve(torch.autograd.Function):
         if isinstance(damp, torch.Tensor):
             damp = damp.detach()
         with torch.no_grad():
-            x_dot = _unbatched("tangent", p.tangent, A, b, x0, damp, x, dA, db, dx0, ddamp)
+            x_dot = _unbatched("tangent", p.tangent, A, b, x0, damp, x, ctx.y, dA, db, dx0, ddamp)
         return x_dot.to(x.dtype)
 
     @staticmethod
@@ -156,7 +159,7 @@ class _Solve(torch.autograd.Function):
         params = ctx.saved_tensors[3:]
         p, damp = ctx.p, ctx.damp
         A = _operator_input(p, [t.detach() for t in params])
-        cot = _unbatched("gradient", p.backward, A, b, x0, damp, x, x_bar)
+        cot = _unbatched("gradient", p.backward, A, b, x0, damp, x, x_bar, ctx.y)
         needs = ctx.needs_input_grad
         if isinstance(A, torch.Tensor):
             param_grads = [_operator_grad(p, cot, A) if needs[5] else None]
