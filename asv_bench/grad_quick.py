@@ -37,43 +37,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from quick import interleaved_samples, limit_threads, paired_ratio, table  # noqa: E402
+
 gc = None  # benchmarks.grad_common, imported in main() after the thread settings
-
-
-def limit_threads(n: int) -> None:
-    """Run every framework's kernels on ``n`` threads (before any is imported)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
-    if n == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false")
-
-
-def interleaved_samples(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Wall times of each callable, timed round-robin, the order alternating."""
-    for f in fns.values():
-        for _ in range(warmup):
-            f()
-    times: dict = {k: [] for k in fns}
-    keys = list(fns)
-    for r in range(repeats):
-        for k in (keys if r % 2 == 0 else keys[::-1]):
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
-    return times
-
-
-def paired_ratio(num: list, den: list) -> float:
-    """Median over rounds of num/den from the same round."""
-    return statistics.median(a / b for a, b in zip(num, den))
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
 def mark(ratio: float) -> str:
