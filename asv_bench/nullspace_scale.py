@@ -4,6 +4,7 @@
 
     python asv_bench/nullspace_scale.py              # full figures (a few minutes on CPU)
     python asv_bench/nullspace_scale.py --quick      # width 1024: a smoke run
+    python asv_bench/nullspace_scale.py --parts      # only the pieces of an LSMR iteration
     python asv_bench/nullspace_scale.py --device cuda
 
 Model: MLP 1024 -> 4096 -> 4096 -> 4096 -> 4096 -> 32 (ReLU), 54.7M parameters.
@@ -105,6 +106,47 @@ def make_vjp(setup: dict):
     return backward, forward_backward
 
 
+def make_parts(setup: dict) -> dict:
+    """What one LSMR iteration is made of: a JVP of the constraint (the
+    projection's ``matvec``, ``torch.func.jvp``, forward included) and one
+    vector update on N floats, allocating and in place (LSMR makes several)."""
+    import torch
+
+    params = {n: p.detach() for n, p in setup["model"].named_parameters()}
+    tangent = {n: torch.randn_like(p) for n, p in params.items()}
+    x = torch.randn(setup["parameters"], device=setup["x"].device)
+    v = torch.randn_like(x)
+
+    def jvp():
+        return torch.func.jvp(setup["constraint"], (params,), (tangent,))
+
+    def axpy():
+        return x + 0.5 * v
+
+    def axpy_():
+        return x.add_(v, alpha=0.5)
+
+    return {"jvp": jvp, "x + a v (N floats, new tensor)": axpy, "x += a v (in place)": axpy_}
+
+
+def parts(width: int, device: str, reps: int) -> dict:
+    """Median seconds of the VJP, the JVP and a vector update, interleaved."""
+    setup = build(width, device)
+    configs = dict(zip(("vjp", "forward+vjp"), make_vjp(setup)))
+    configs.update(make_parts(setup))
+    for fn in configs.values():
+        fn()
+    times: dict = {name: [] for name in configs}
+    for _ in range(reps):
+        for name, fn in configs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         import torch
@@ -185,10 +227,20 @@ def main(argv=None) -> None:
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--parts", action="store_true",
+                    help="only time the pieces of an LSMR iteration (JVP, VJP, a vector update)")
     args = ap.parse_args(argv)
     import torch
 
     width = args.width or (1024 if args.quick else 4096)
+    if args.parts:
+        med = parts(width, args.device, args.reps)
+        print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads | MLP "
+              f"width {width} | medians of {args.reps} interleaved rounds\n")
+        print("| piece | time (s) | / VJP |\n|---|---:|---:|")
+        for name, t in med.items():
+            print(f"| {name} | {t:.4f} | {t / med['vjp']:.2f} |")
+        return
     t = timings(width, args.device, args.reps)
     med = t["median_s"]
     mem = {name: memory(width, args.device, m)

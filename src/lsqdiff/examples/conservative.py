@@ -19,7 +19,7 @@ import time
 from ._common import METHODS, check_size, format_table, main, new_figure, save_figure
 
 SETTINGS = {
-    "full": dict(width=64, steps=2000, n_train=100, n_col=100, lr=3e-3, maxiter=50),
+    "full": dict(width=64, steps=1000, n_train=100, n_col=64, lr=3e-3, maxiter=40),
     "small": dict(width=32, steps=120, n_train=60, n_col=16, lr=1e-2, maxiter=20),
 }
 NOISE = 0.3

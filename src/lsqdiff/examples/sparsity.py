@@ -145,7 +145,7 @@ def _plot(result: dict, path: str) -> None:
                 label=f"{m} (test acc. {result[m]['test_accuracy']:.3f})")
         steps, res = zip(*result[m]["trace"])
         ax2.semilogy(steps, np.maximum(res, 1e-12), label=m)
-    ax.set_xlabel("log10 |w| of the masked weights (exact zeros at -12)")
+    ax.set_xlabel("log10 |w| of the masked weights (|w| <= 1e-12, exact zeros included, at -12)")
     ax.set_title("masked weights of fc1 after training", fontsize=10)
     ax.legend(fontsize=8)
     ax2.set_xlabel("step")
