@@ -179,6 +179,29 @@ def test_jax_jacfwd_equals_jacrev_and_dense(jx, damp):
         assert_close(jr, want, 1e-9, 1e-12, f"jacrev {name}")
 
 
+def test_jax_hessian_of_damped_solve_is_exact(jx):
+    """A damped solve's tangent rule is one true inverse (custom_linear_solve),
+    whose implicit derivative JAX knows: jax.hessian in A and in b is exact."""
+    jnp = jx.numpy
+    A, b, _, _, _ = small_problem("tall")
+    A, b = jnp.asarray(A), jnp.asarray(b)
+    damp = 0.5
+
+    def loss(A, b, solve):
+        return jnp.sum(solve(A, b) ** 3)
+
+    def dense(A, b):
+        return jnp.linalg.solve(A.T @ A + damp**2 * jnp.eye(A.shape[1]), A.T @ b)
+
+    def lsq(A, b):
+        return lsqdiff.lsmr(A, b, damp=damp, **TIGHT_GRAD)[0]
+
+    for argnum in (0, 1):
+        got = jx.jit(jx.hessian(loss, argnums=argnum), static_argnums=2)(A, b, lsq)
+        want = jx.hessian(loss, argnums=argnum)(A, b, dense)
+        assert_close(got, want, 1e-9, 1e-12, f"hessian {'Ab'[argnum]}")
+
+
 def test_jax_vmap_of_jvp_over_right_hand_sides(jx):
     """vmap of jvp over right-hand sides and their tangents equals each one's."""
     jnp = jx.numpy
