@@ -85,7 +85,7 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
     (a damp passed as an array is taken to be positive). Each solve runs at most
     ``limit`` iterations when given, else at least ``min(m, n)`` and ``maxiter``
     (`lsqdiff._driver.lsmr_on`). ``y = A^+H (x - x0)`` when the forward solve
-    carried it (undamped, wide, ``assume_full_rank``: see `Prepared.forward_dual`).
+    carried it (undamped, wide, ``assume_full_rank``: see `Prepared`).
     """
     m, n = op.shape
     settings = dict(xp=xp, backend=backend, dtype=dtype, atol=atol, btol=btol, ctol=ctol,
