@@ -15,7 +15,7 @@ under ``assume_full_rank``. The same holds for the backward solve with ``A^H``:
 its dual ``g`` with ``A g = b_bar`` is ``A^+ b_bar`` for ``A`` of full column
 rank, which saves the solve for ``g``.
 
-Cost: three vector updates of length ``m`` per iteration (LSQR: two), against
+Cost: four vector updates of length ``m`` per iteration (LSQR: three), against
 a solve's worth of products. A preimage rides along each vector of the
 method (LSMR's ``h``, ``hbar`` and ``x``; LSQR's ``w`` and ``x``) and is
 updated with the same coefficients.
