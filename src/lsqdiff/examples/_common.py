@@ -17,6 +17,42 @@ def check_size(size: str) -> None:
         raise ValueError(f"size must be 'full' or 'small', got {size!r}")
 
 
+def train_full_batch(method: str, model: Any, constraint: Callable[[dict], Any],
+                     data_loss: Callable[[], Any], *, steps: int, lr: float, maxiter: int,
+                     gamma: float, mu: float) -> tuple[list, float]:
+    """Train a PyTorch ``model`` with Adam on the full batch one of three ways:
+    ``"unconstrained"``, ``"penalty"`` (``data_loss() + mu ||c||^2``) or
+    ``"constrained"`` (the null-space method, update placement).
+
+    ``constraint(params)`` maps the model's named parameters to ``c``. Returns
+    the trace of ``(step, ||c||)`` every 10 steps and at the last, and the
+    training time in seconds.
+    """
+    import time
+
+    import torch
+
+    from lsqdiff.nullspace.torch import ConstrainedOptimizer
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    if method == "constrained":
+        opt = ConstrainedOptimizer(opt, constraint, model, gamma=gamma, maxiter=maxiter)
+    trace = []
+    start = time.perf_counter()
+    for step in range(steps):
+        opt.zero_grad()
+        loss = data_loss()
+        if method == "penalty":
+            loss = loss + mu * torch.sum(constraint(dict(model.named_parameters())) ** 2)
+        loss.backward()
+        opt.step()
+        if step % 10 == 0 or step == steps - 1:
+            with torch.no_grad():
+                c = constraint(dict(model.named_parameters()))
+                trace.append((step, float(torch.linalg.norm(c))))
+    return trace, time.perf_counter() - start
+
+
 def format_table(result: dict, columns: Sequence[tuple[str, str, str]]) -> str:
     """A Markdown table with one row per method.
 

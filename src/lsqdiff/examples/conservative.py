@@ -14,9 +14,9 @@ Scored: RMSE against the true gradient field on a grid, and the RMS curl there.
 
 from __future__ import annotations
 
-import time
 
-from ._common import METHODS, check_size, format_table, main, new_figure, save_figure
+from ._common import (METHODS, check_size, format_table, main, new_figure, save_figure,
+                      train_full_batch)
 
 SETTINGS = {
     "full": dict(width=64, steps=1000, n_train=100, n_col=64, lr=3e-3, maxiter=40),
@@ -71,31 +71,18 @@ def curl(model, x):
 def _train(method: str, cfg: dict, data: dict, seed: int) -> dict:
     import torch
 
-    from lsqdiff.nullspace.torch import ConstrainedOptimizer
-
     torch.manual_seed(seed)  # the same initial network for every method
     model = _mlp(cfg["width"])
-    adam = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
 
     def constraint(params: dict):
         return asymmetry(model, params, data["x_col"], data["u"], data["w"])
 
-    opt = adam
-    if method == "constrained":
-        opt = ConstrainedOptimizer(adam, constraint, model, gamma=GAMMA, maxiter=cfg["maxiter"])
-    trace = []
-    start = time.perf_counter()
-    for step in range(cfg["steps"]):
-        opt.zero_grad()
-        loss = torch.mean(torch.sum((model(data["x"]) - data["y"]) ** 2, -1))
-        if method == "penalty":
-            loss = loss + MU * torch.sum(constraint(dict(model.named_parameters())) ** 2)
-        loss.backward()
-        opt.step()
-        if step % 10 == 0 or step == cfg["steps"] - 1:
-            with torch.no_grad():
-                trace.append((step, float(torch.linalg.norm(constraint(dict(model.named_parameters()))))))
-    seconds = time.perf_counter() - start
+    def data_loss():
+        return torch.mean(torch.sum((model(data["x"]) - data["y"]) ** 2, -1))
+
+    trace, seconds = train_full_batch(
+        method, model, constraint, data_loss, steps=cfg["steps"], lr=cfg["lr"],
+        maxiter=cfg["maxiter"], gamma=GAMMA, mu=MU)
     with torch.no_grad():
         err = model(data["x_test"]) - data["y_test"]
         return {

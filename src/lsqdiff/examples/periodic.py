@@ -13,9 +13,9 @@ reported at the collocation points (what is constrained) and at fresh points
 from __future__ import annotations
 
 import math
-import time
 
-from ._common import METHODS, check_size, format_table, main, new_figure, save_figure
+from ._common import (METHODS, check_size, format_table, main, new_figure, save_figure,
+                      train_full_batch)
 
 PERIOD = 2 * math.pi
 SETTINGS = {
@@ -62,32 +62,16 @@ def _periodicity(model, params: dict, x):
 def _train(method: str, cfg: dict, data: dict, seed: int) -> dict:
     import torch
 
-    from lsqdiff.nullspace.torch import ConstrainedOptimizer
-
     torch.manual_seed(seed)  # the same initial network for every method
     model = _mlp(cfg["width"])
-    adam = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     x_col = data["x_col"]
 
     def constraint(params: dict):
         return _periodicity(model, params, x_col)
 
-    opt = adam
-    if method == "constrained":
-        opt = ConstrainedOptimizer(adam, constraint, model, gamma=GAMMA, maxiter=cfg["maxiter"])
-    trace = []
-    start = time.perf_counter()
-    for step in range(cfg["steps"]):
-        opt.zero_grad()
-        loss = torch.mean((model(data["x"]) - data["y"]) ** 2)
-        if method == "penalty":
-            loss = loss + MU * torch.sum(constraint(dict(model.named_parameters())) ** 2)
-        loss.backward()
-        opt.step()
-        if step % 10 == 0 or step == cfg["steps"] - 1:
-            with torch.no_grad():
-                trace.append((step, float(torch.linalg.norm(constraint(dict(model.named_parameters()))))))
-    seconds = time.perf_counter() - start
+    trace, seconds = train_full_batch(
+        method, model, constraint, lambda: torch.mean((model(data["x"]) - data["y"]) ** 2),
+        steps=cfg["steps"], lr=cfg["lr"], maxiter=cfg["maxiter"], gamma=GAMMA, mu=MU)
     params = dict(model.named_parameters())
     with torch.no_grad():
         pred = model(data["x_test"])
