@@ -78,17 +78,21 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
     )
     dtype = settings["dtype"]
     damped = _is_positive(damp)
-    # A wide full-rank solve hands the gradient y = A^+H (x - x0): its dual.
-    forward_dual = not damped and bool(assume_full_rank) and shape_A[0] < shape_A[1]
-    dual_settings = {**settings, "options": settings["options"] + (("dual", True),)}
-    run = functools.partial(_driver.run, xp=xp, backend=backend, **settings)
-    run_dual = functools.partial(_driver.run, xp=xp, backend=backend, **dual_settings)
-    cache_key = None
-    if backend.traced and not _validate.is_operator(A):
+    compile_loop = backend.traced and not _validate.is_operator(A)
+
+    def runner(options: tuple[tuple[str, Any], ...]) -> Callable[..., dict[str, Any]]:
         # Dense and sparse A are arguments, so one compiled loop serves every call
         # with these settings; a LinearOperator's closures are not, so it runs as is.
-        run = backend.compiled(tuple(settings.values()), run)
-        run_dual = backend.compiled(tuple(dual_settings.values()), run_dual)
+        these = {**settings, "options": options}
+        loop = functools.partial(_driver.run, xp=xp, backend=backend, **these)
+        return backend.compiled(tuple(these.values()), loop) if compile_loop else loop
+
+    run = runner(settings["options"])
+    # A wide full-rank solve hands the gradient y = A^+H (x - x0): its dual.
+    forward_dual = not damped and bool(assume_full_rank) and shape_A[0] < shape_A[1]
+    run_dual = runner(settings["options"] + (("dual", True),)) if forward_dual else None
+    cache_key = None
+    if compile_loop:
         # What else the backward pass depends on besides its array arguments.
         cache_key = (tuple(settings.values()), damped, bool(assume_full_rank), grad_atol,
                      grad_btol, grad_maxiter)
@@ -110,7 +114,7 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
         return None if a is None else xp.astype(a, dtype)
 
     def run_differentiated(A_: Any, b_: Any, x0_: Any, damp_: Any) -> tuple[dict[str, Any], Any]:
-        if not forward_dual:
+        if run_dual is None:
             return run(A_, b_, x0_, damp_), None
         state = run_dual(A_, b_, x0_, damp_)
         return {k: v for k, v in state.items() if k not in _dual.STATE_KEYS}, state["zx"]
