@@ -137,15 +137,7 @@ def matvec_pairs(backend: str, A, b, reps: int):
     if backend in ("numpy", "scipy"):
         # CSR^T is a CSC view whose products are ~1.7x slower; the adapter makes it CSR.
         AT = A.T.tocsr() if getattr(A, "format", None) == "csr" else A.T
-        v0 = np.ones(A.shape[1])
-
-        def run():
-            v = v0
-            for _ in range(reps):
-                v = (AT @ (A @ v)) * c
-            return v
-
-        return run
+        return _eager_pairs(A, AT, np.ones(A.shape[1]), c, reps)
     if backend == "torch":
         import torch
 
@@ -153,15 +145,7 @@ def matvec_pairs(backend: str, A, b, reps: int):
             AT = A.T
         else:
             AT = A.t().to_sparse_csr()
-        v0 = torch.ones(A.shape[1], dtype=b.dtype)
-
-        def run():
-            v = v0
-            for _ in range(reps):
-                v = (AT @ (A @ v)) * c
-            return v
-
-        return run
+        return _eager_pairs(A, AT, torch.ones(A.shape[1], dtype=b.dtype), c, reps)
     if backend == "jax":
         jax = enable_jax_x64()
         import jax.numpy as jnp
@@ -176,6 +160,17 @@ def matvec_pairs(backend: str, A, b, reps: int):
         g = jax.jit(lambda A, v: jax.lax.fori_loop(0, reps, lambda i, v: pair(A, v), v))
         return lambda: g(A, v0).block_until_ready()
     raise ValueError(backend)
+
+
+def _eager_pairs(A, AT, v0, c: float, reps: int):
+    """``matvec_pairs`` for an eager framework, given ``A^T`` in its fastest form."""
+    def run():
+        v = v0
+        for _ in range(reps):
+            v = (AT @ (A @ v)) * c
+        return v
+
+    return run
 
 
 def check_iterations(backend: str, method: str, result, iters: int) -> None:

@@ -290,32 +290,45 @@ MEMORY_CONFIGS = {
 STOP_OFF = dict(atol=0.0, btol=0.0, conlim=0.0)
 
 
+def _lsqr_step(matvec, rmatvec, norm, sqrt, carry):
+    """One plain LSQR iteration (Paige & Saunders; no damping, no stopping tests)
+    on ``carry = (x, w, u, v, alpha, phibar, rhobar)``, in any framework."""
+    x, w, u, v, alpha, phibar, rhobar = carry
+    u = matvec(v) - alpha * u
+    beta = norm(u)
+    u = u / beta
+    v = rmatvec(u) - beta * v
+    alpha = norm(v)
+    v = v / alpha
+    rho = sqrt(rhobar**2 + beta**2)
+    cs, sn = rhobar / rho, beta / rho
+    theta, rhobar = sn * alpha, -cs * alpha
+    phi, phibar = cs * phibar, sn * phibar
+    x = x + (phi / rho) * w
+    w = v - (theta / rho) * w
+    return x, w, u, v, alpha, phibar, rhobar
+
+
+def _lsqr_start(b, rmatvec, norm, zeros_like):
+    """The carry of `_lsqr_step` before the first iteration, from ``x = 0``."""
+    beta = norm(b)
+    u = b / beta
+    v = rmatvec(u)
+    alpha = norm(v)
+    v = v / alpha
+    return zeros_like(v), v, u, v, alpha, beta, alpha
+
+
 def lsqr_unrolled_torch(A, b, iters: int):
-    """Plain LSQR (Paige & Saunders; no damping, no stopping tests) in PyTorch,
-    for autograd to differentiate through its ``iters`` iterations."""
+    """Plain LSQR in PyTorch, for autograd to differentiate through its
+    ``iters`` iterations."""
     import torch
 
-    beta = torch.linalg.vector_norm(b)
-    u = b / beta
-    v = A.T @ u
-    alpha = torch.linalg.vector_norm(v)
-    v = v / alpha
-    w, x = v, torch.zeros_like(v)
-    phibar, rhobar = beta, alpha
+    norm = torch.linalg.vector_norm
+    carry = _lsqr_start(b, lambda u: A.T @ u, norm, torch.zeros_like)
     for _ in range(iters):
-        u = A @ v - alpha * u
-        beta = torch.linalg.vector_norm(u)
-        u = u / beta
-        v = A.T @ u - beta * v
-        alpha = torch.linalg.vector_norm(v)
-        v = v / alpha
-        rho = torch.sqrt(rhobar**2 + beta**2)
-        c, s = rhobar / rho, beta / rho
-        theta, rhobar = s * alpha, -c * alpha
-        phi, phibar = c * phibar, s * phibar
-        x = x + (phi / rho) * w
-        w = v - (theta / rho) * w
-    return x
+        carry = _lsqr_step(lambda v: A @ v, lambda u: A.T @ u, norm, torch.sqrt, carry)
+    return carry[0]
 
 
 def lsqr_unrolled_jax(A, b, iters: int):
@@ -324,29 +337,11 @@ def lsqr_unrolled_jax(A, b, iters: int):
     import jax
     import jax.numpy as jnp
 
-    beta = jnp.linalg.norm(b)
-    u = b / beta
-    v = u @ A
-    alpha = jnp.linalg.norm(v)
-    v = v / alpha
+    def rmatvec(u):
+        return u @ A  # A^T u at matvec speed on XLA:CPU
 
-    def body(_, c):
-        x, w, u, v, alpha, phibar, rhobar = c
-        u = A @ v - alpha * u
-        beta = jnp.linalg.norm(u)
-        u = u / beta
-        v = u @ A - beta * v
-        alpha = jnp.linalg.norm(v)
-        v = v / alpha
-        rho = jnp.sqrt(rhobar**2 + beta**2)
-        cs, sn = rhobar / rho, beta / rho
-        theta, rhobar = sn * alpha, -cs * alpha
-        phi, phibar = cs * phibar, sn * phibar
-        x = x + (phi / rho) * w
-        w = v - (theta / rho) * w
-        return x, w, u, v, alpha, phibar, rhobar
-
-    carry = (jnp.zeros_like(v), v, u, v, alpha, beta, alpha)
+    carry = _lsqr_start(b, rmatvec, jnp.linalg.norm, jnp.zeros_like)
+    body = lambda _, c: _lsqr_step(lambda v: A @ v, rmatvec, jnp.linalg.norm, jnp.sqrt, c)  # noqa: E731
     return jax.lax.fori_loop(0, iters, body, carry)[0]
 
 
