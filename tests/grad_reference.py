@@ -38,10 +38,16 @@ SMALL = {
 
 def small_problem(name: str):
     """``(A, b, x0, damp, x_bar)`` as NumPy arrays (x0 may be None; damp a float)."""
-    c = SMALL[name]
-    seed = sorted(SMALL).index(name)
-    A, b = make_problem(c["shape"], seed=seed, k=c.get("k"), complex_=c.get("complex_", False))
-    rng = np.random.default_rng(seed + 700)
+    return case_problem(SMALL[name], seed=sorted(SMALL).index(name), draw_seed_offset=700)
+
+
+def case_problem(c: dict, seed: int, draw_seed_offset: int):
+    """``(A, b, x0, damp, x_bar)`` for a case dict (keys ``shape`` and optionally
+    ``kind``, ``k``, ``complex_``, ``x0``, ``damp``): ``make_problem`` from ``seed``,
+    then ``x0`` (where asked) and ``x_bar`` drawn from ``seed + draw_seed_offset``."""
+    A, b = make_problem(c["shape"], c.get("kind", "well"), seed=seed, k=c.get("k"),
+                        complex_=c.get("complex_", False))
+    rng = np.random.default_rng(seed + draw_seed_offset)
     xshape = (A.shape[1],) + b.shape[1:]
 
     def draw():

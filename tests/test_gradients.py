@@ -18,6 +18,7 @@ from conftest import assert_converged, backend_name, make_problem, to_np, to_xp
 from grad_reference import (
     TIGHT_GRAD,
     assert_close,
+    case_problem,
     central_difference,
     closed_form,
     cols,
@@ -53,19 +54,7 @@ CASES = {
 
 def build(name: str):
     """``(A, b, x0, damp, x_bar)`` as float64/complex128 NumPy arrays (x0 may be None)."""
-    c = CASES[name]
-    seed = sorted(CASES).index(name)
-    A, b = make_problem(c["shape"], c.get("kind", "well"), seed=seed, k=c.get("k"),
-                        complex_=c.get("complex_", False))
-    rng = np.random.default_rng(seed + 500)
-    xshape = (A.shape[1],) + b.shape[1:]
-
-    def draw():
-        z = rng.standard_normal(xshape)
-        return z + 1j * rng.standard_normal(xshape) if c.get("complex_") else z
-
-    x0 = draw() if c.get("x0") else None
-    return A, b, x0, c.get("damp", 0.0), draw()
+    return case_problem(CASES[name], seed=sorted(CASES).index(name), draw_seed_offset=500)
 
 
 def run_vjp(solver, A, b, x0, damp, x_bar, **kw):
