@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._vectors import NEW_ARRAYS
 from .operator import Operator
 
 Norm = Callable[[Any], Any]
@@ -42,17 +43,21 @@ def start(op: Operator, b: Any, x0: Any, S: Any, norm: Norm) -> tuple[Any, Any, 
     return u, v * S.recip(alpha), alpha, beta
 
 
-def step(op: Operator, u: Any, v: Any, alpha: Any, S: Any, norm: Norm) -> tuple[Any, Any, Any, Any]:
+def step(op: Operator, u: Any, v: Any, alpha: Any, S: Any, norm: Norm,
+         V: Any = NEW_ARRAYS) -> tuple[Any, Any, Any, Any]:
     """One more step: returns the next ``u, v, alpha, beta``.
 
     Where ``beta = 0`` the bidiagonalisation has ended and, as in SciPy,
-    ``v`` and ``alpha`` keep their values.
+    ``v`` and ``alpha`` keep their values. ``V`` (`lsqdiff._vectors`) may
+    update ``u`` and ``v`` in place.
     """
-    u = op.matvec(v) - alpha * u
+    u = V.xpay(op.matvec(v), -alpha, u)
     beta = norm(u)
-    u = u * S.recip(beta)
-    v_next = op.rmatvec(u) - beta * v
-    alpha_next = norm(v_next)
-    v_next = v_next * S.recip(alpha_next)
+    u = V.scale(S.recip(beta), u)
     going = beta > 0
+    if V.inplace and not going:  # one column, host scalars: keep v as it is
+        return u, v, alpha, beta
+    v_next = V.xpay(op.rmatvec(u), -beta, v)
+    alpha_next = norm(v_next)
+    v_next = V.scale(S.recip(alpha_next), v_next)
     return u, S.where(going, v_next, v), S.where(going, alpha_next, alpha), beta

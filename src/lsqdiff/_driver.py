@@ -36,6 +36,7 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
         zeros_x=lambda: xp.zeros((n,) + batch, dtype=dtype, device=device),
         zeros_b=lambda: xp.zeros((m,) + batch, dtype=dtype, device=device),
         damp=S.const(damp), atol=atol, btol=btol, ctol=ctol, maxiter=maxiter,
+        vec=backend.vector_ops(S.batched),
     )
     state = method.init(problem, b, x0, **dict(options))
     if maxiter > 0:

@@ -34,8 +34,10 @@ def start(S: Any, u: Any, alpha: Any, zeros_b: Any) -> dict[str, Any]:
     return dict(zv=u * S.recip(alpha), zx=zeros_b)
 
 
-def advance(S: Any, zv: Any, u: Any, alpha: Any, beta: Any) -> Any:
+def advance(S: Any, V: Any, zv: Any, u: Any, alpha: Any, beta: Any) -> Any:
     """Preimage of the new ``v`` given the bidiagonalisation's new ``u, alpha,
     beta``; where ``beta = 0`` the bidiagonalisation has ended and, like ``v``,
-    it keeps its value."""
-    return S.where(beta > 0, (u - beta * zv) * S.recip(alpha), zv)
+    it keeps its value. ``V`` (`lsqdiff._vectors`) may update ``zv`` in place."""
+    if V.inplace and not beta > 0:
+        return zv
+    return S.where(beta > 0, V.scale(S.recip(alpha), V.xpay(u, -beta, zv)), zv)

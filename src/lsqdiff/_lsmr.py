@@ -21,8 +21,9 @@ def init(p: Problem, b: Any, x0: Any, dual: bool = False) -> State:
     x, u, v, alpha, beta, normb, istop = start(p, b, x0)
     normar = alpha * beta
     one, zero = S.const(1.0), S.const(0.0)
+    V = p.vec
     st = dict(
-        x=x, u=u, v=v, h=v, hbar=p.zeros_x(), alpha=alpha,
+        x=x, u=u, v=v, h=V.own(v), hbar=p.zeros_x(), alpha=alpha,
         alphabar=alpha, zetabar=normar, rho=one, rhobar=one, cbar=one, sbar=zero,
         betadd=beta, betad=zero, rhodold=one, tautildeold=zero, thetatilde=zero,
         zeta=zero, d=zero, normA2=alpha * alpha, maxrbar=zero, minrbar=S.const(S.big),
@@ -31,16 +32,18 @@ def init(p: Problem, b: Any, x0: Any, dual: bool = False) -> State:
     )
     if dual:
         d = _dual.start(S, u, alpha, p.zeros_b())
-        st.update(d, zh=d["zv"], zhbar=d["zx"])
+        st.update(d, zh=V.own(d["zv"]), zhbar=p.zeros_b())
     return st
 
 
 def step(p: Problem, st: State) -> State:
-    S, damp = p.S, p.damp
+    S, V, damp = p.S, p.vec, p.damp
     active = st["istop"] < 0
     itn = st["itn"] + 1
-    u, v, alpha, beta = _bidiag.step(p.op, st["u"], st["v"], st["alpha"], S, p.norm)
+    u, v, alpha, beta = _bidiag.step(p.op, st["u"], st["v"], st["alpha"], S, p.norm, V)
     finite = S.isfinite(alpha + beta)
+    if V.inplace and not finite:  # keep x: the update below would overwrite it
+        return freeze(S, st, {**st, "u": u, "v": v, "itn": itn}, active, finite)
 
     # Rotation Qhat eliminates the damping; Q turns B into R; Qbar turns R^T into Rbar.
     chat, shat, alphahat = _bidiag.sym_ortho(S, st["alphabar"], damp)
@@ -59,9 +62,9 @@ def step(p: Problem, st: State) -> State:
     c_hbar = S.div(thetabar * rho, rhoold * rhobarold)
     c_x = S.div(zeta, rho * rhobar)
     c_h = S.div(thetanew, rho)
-    hbar = st["h"] - c_hbar * st["hbar"]
-    x = st["x"] + c_x * hbar
-    h = v - c_h * st["h"]
+    hbar = V.xpay(st["h"], -c_hbar, st["hbar"])
+    x = V.axpy(c_x, hbar, st["x"])
+    h = V.xpay(v, -c_h, st["h"])
 
     # Estimate ||r|| by applying Qhat, Q and Qtilde to the right-hand side.
     betaacute = chat * st["betadd"]
@@ -100,7 +103,8 @@ def step(p: Problem, st: State) -> State:
         normr=normr, normar=normar, norma=norma, conda=conda, normx=normx,
     )
     if "zx" in st:  # the dual: the same updates on the preimages under A^H
-        zv = _dual.advance(S, st["zv"], u, alpha, beta)
-        zhbar = st["zh"] - c_hbar * st["zhbar"]
-        new.update(zv=zv, zhbar=zhbar, zx=st["zx"] + c_x * zhbar, zh=zv - c_h * st["zh"])
+        zv = _dual.advance(S, V, st["zv"], u, alpha, beta)
+        zhbar = V.xpay(st["zh"], -c_hbar, st["zhbar"])
+        new.update(zv=zv, zhbar=zhbar, zx=V.axpy(c_x, zhbar, st["zx"]),
+                   zh=V.xpay(zv, -c_h, st["zh"]))
     return freeze(S, st, new, active, finite)

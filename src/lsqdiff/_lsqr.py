@@ -24,8 +24,9 @@ def init(p: Problem, b: Any, x0: Any, calc_var: bool = False, dual: bool = False
     x, u, v, alpha, beta, normb, istop = start(p, b, x0)
     arnorm = alpha * beta
     zero = S.const(0.0)
+    V = p.vec
     st = dict(
-        x=x, u=u, v=v, w=v, alpha=alpha, rhobar=alpha, phibar=beta,
+        x=x, u=u, v=v, w=V.own(v), alpha=alpha, rhobar=alpha, phibar=beta,
         ddnorm=zero, res2=zero, xxnorm=zero, z=zero, cs2=S.const(-1.0), sn2=zero,
         normb=normb, istop=istop, itn=S.int_const(0),
         normr=beta, r1norm=beta, normar=arnorm, norma=zero, conda=zero, normx=zero,
@@ -34,18 +35,20 @@ def init(p: Problem, b: Any, x0: Any, calc_var: bool = False, dual: bool = False
         st["var"] = p.zeros_x()
     if dual:
         d = _dual.start(S, u, alpha, p.zeros_b())
-        st.update(d, zw=d["zv"])
+        st.update(d, zw=V.own(d["zv"]))
     return st
 
 
 def step(p: Problem, st: State) -> State:
-    S, damp = p.S, p.damp
+    S, V, damp = p.S, p.vec, p.damp
     active = st["istop"] < 0
     itn = st["itn"] + 1
     dampsq = damp * damp
     alpha_old = st["alpha"]
-    u, v, alpha, beta = _bidiag.step(p.op, st["u"], st["v"], alpha_old, S, p.norm)
+    u, v, alpha, beta = _bidiag.step(p.op, st["u"], st["v"], alpha_old, S, p.norm, V)
     finite = S.isfinite(alpha + beta)
+    if V.inplace and not finite:  # keep x: the update below would overwrite it
+        return freeze(S, st, {**st, "u": u, "v": v, "itn": itn}, active, finite)
     norma = S.where(beta > 0, S.sqrt(st["norma"] ** 2 + alpha_old ** 2 + beta ** 2 + dampsq),
                     st["norma"])
 
@@ -65,9 +68,16 @@ def step(p: Problem, st: State) -> State:
 
     w_old = st["w"]
     c_x, c_w = S.div(phi, rho), S.div(theta, rho)
-    x = st["x"] + c_x * w_old
-    w = v - c_w * w_old
+    x = V.axpy(c_x, w_old, st["x"])
     normdk = S.div(p.norm(w_old), S.abs(rho))
+    var = None
+    if "var" in st:
+        dk = w_old * S.div(1.0, rho)
+        var = st["var"] + S.where(active, dk * dk, 0.0)
+    if "zx" in st:  # the dual: the same updates on the preimages under A^H
+        zv = _dual.advance(S, V, st["zv"], u, alpha, beta)
+        dual = dict(zv=zv, zx=V.axpy(c_x, st["zw"], st["zx"]), zw=V.xpay(zv, -c_w, st["zw"]))
+    w = V.xpay(v, -c_w, w_old)  # last: it may overwrite w_old
     ddnorm = st["ddnorm"] + normdk * normdk
 
     delta = st["sn2"] * rho
@@ -97,10 +107,8 @@ def step(p: Problem, st: State) -> State:
         normb=st["normb"], istop=istop, itn=itn,
         normr=normr, r1norm=r1norm, normar=normar, norma=norma, conda=conda, normx=normx,
     )
-    if "var" in st:
-        dk = w_old * S.div(1.0, rho)
-        new["var"] = st["var"] + S.where(active, dk * dk, 0.0)
-    if "zx" in st:  # the dual: the same updates on the preimages under A^H
-        zv = _dual.advance(S, st["zv"], u, alpha, beta)
-        new.update(zv=zv, zx=st["zx"] + c_x * st["zw"], zw=zv - c_w * st["zw"])
+    if var is not None:
+        new["var"] = var
+    if "zx" in st:
+        new.update(dual)
     return freeze(S, st, new, active, finite)

@@ -9,6 +9,7 @@ from typing import Any
 
 from . import _bidiag
 from ._info import ISTOP_NONFINITE
+from ._vectors import NEW_ARRAYS
 from .operator import Operator
 
 #: Entries of the state that are results: frozen once a column stops.
@@ -30,6 +31,8 @@ class Problem:
     btol: float
     ctol: float
     maxiter: int
+    #: How the long vectors are updated (`lsqdiff._vectors`).
+    vec: Any = NEW_ARRAYS
 
 
 def start(p: Problem, b: Any, x0: Any) -> tuple[Any, ...]:

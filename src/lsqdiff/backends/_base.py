@@ -6,6 +6,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+from .._vectors import NEW_ARRAYS
 from ..operator import LinearOperator, MatVec, Operator, columnwise, dense_operator
 
 if TYPE_CHECKING:
@@ -36,6 +37,11 @@ class Backend:
         while bool(cond(state)):
             state = body(state)
         return state
+
+    def vector_ops(self, batched: bool) -> Any:
+        """How the solver updates its long vectors (`lsqdiff._vectors`); ``batched``
+        is true for traced loops and several right-hand sides."""
+        return NEW_ARRAYS
 
     def solve_context(self) -> AbstractContextManager[Any]:
         """Context for the solve's arithmetic: autodiff must never record the

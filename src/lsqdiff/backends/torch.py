@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._vectors import NEW_ARRAYS, NewArrays
 from ..operator import LinearOperator, MatVec, Operator
 from ._base import Backend, State
 
@@ -34,6 +35,9 @@ class TorchBackend(Backend):
         box = _Box()
         x = _Solve.apply(p, box, b, x0, damp, *params)
         return {**box.state, "x": x}
+
+    def vector_ops(self, batched: bool) -> Any:
+        return NEW_ARRAYS if batched else _IN_PLACE
 
     def host_norm(self, v: Any) -> float:
         return float(torch.linalg.vector_norm(v))
@@ -81,6 +85,31 @@ def _csr_transpose(A: Any) -> Any:
     crow_t[1:] = torch.cumsum(torch.bincount(col, minlength=n), 0)
     return torch.sparse_csr_tensor(crow_t, rows[order], values[order], size=(n, m),
                                    check_invariants=False)
+
+
+class _InPlace(NewArrays):
+    """One right-hand side: the solver's own vectors are updated in place."""
+
+    inplace = True
+
+    @staticmethod
+    def xpay(x: Any, a: float, y: Any) -> Any:
+        return y.mul_(a).add_(x)
+
+    @staticmethod
+    def axpy(a: float, x: Any, y: Any) -> Any:
+        return y.add_(x, alpha=a)
+
+    @staticmethod
+    def scale(a: float, y: Any) -> Any:
+        return y.mul_(a)
+
+    @staticmethod
+    def own(y: Any) -> Any:
+        return y.clone()
+
+
+_IN_PLACE = _InPlace()
 
 
 class _Box:
