@@ -85,9 +85,18 @@ class Linearization:
     host: Callable[[Any], Any]
 
 
-def solve(lin: Linearization, *, gamma: float, sign: float, normalize_gamma: bool,
-          damp: float, maxiter: int, atol: float, btol: float) -> tuple[Any, ProjectionInfo]:
-    """``d = h - J^+ (J h - sign * gamma_eff * c)``, one LSMR solve with ``J``.
+def solve(lin: Linearization, **settings: Any) -> tuple[Any, ProjectionInfo]:
+    """``d = h - J^+ (J h - sign * gamma_eff * c)`` in the direction's structure;
+    ``settings`` are those of `correction`."""
+    x, info = correction(lin, **settings)
+    return lin.unflatten(lin.h - x), info
+
+
+def correction(lin: Linearization, *, gamma: float, sign: float, normalize_gamma: bool,
+               damp: float, maxiter: int, atol: float, btol: float
+               ) -> tuple[Array, ProjectionInfo]:
+    """``x = J^+ (J h - sign * gamma_eff * c)``, flat, so that ``d = h - x``: one
+    LSMR solve with ``J``.
 
     ``sign = +1`` is the descent convention of `project`; ``sign = -1`` the
     additive-update convention of the optimizers' ``"update"`` placement.
@@ -109,7 +118,7 @@ def solve(lin: Linearization, *, gamma: float, sign: float, normalize_gamma: boo
     diag = ProjectionInfo(constraint_norm=lin.host(cnorm), itn=info.itn, istop=info.istop,
                           converged=info.converged, gamma=lin.host(g),
                           residual_norm=lin.host(residual))
-    return lin.unflatten(lin.h - x), diag
+    return x, diag
 
 
 def check_knobs(*, gamma: Any, damp: Any, maxiter: Any, atol: Any, btol: Any,

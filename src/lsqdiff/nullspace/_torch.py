@@ -18,48 +18,80 @@ def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> 
     p_leaves, rebuild = _leaves(params, "params")
     h_leaves, rebuild_h = _leaves(direction, "direction")
     _check_match(params, direction, p_leaves, h_leaves)
-    p_dtype = _widest(p_leaves)
-    dtype = torch.promote_types(p_dtype, _widest(h_leaves))
-    shapes = [t.shape for t in p_leaves]
+    dtype = torch.promote_types(_widest(p_leaves), _widest(h_leaves))
     sizes = [t.numel() for t in p_leaves]
+    # The constraint is linearised at the parameters themselves (detached views: no
+    # graph reaches the caller's tensors), never at a flat copy of them.
+    primals = tuple(t.detach() for t in p_leaves)
 
-    def unflatten(flat: Any, like: Sequence[Any]) -> list[Any]:
-        # Views of the one flat buffer, cast back to each leaf's own dtype (a no-op
-        # when it matches) so that the constraint sees the dtypes it was written for.
-        return [part.view(shape).to(t.dtype)
-                for part, shape, t in zip(torch.split(flat, sizes), shapes, like)]
+    def views(flat: Any, like: Sequence[Any]) -> list[Any]:
+        # Views of the one flat buffer, cast to each leaf's own dtype (a no-op when
+        # it matches) so that the constraint sees the dtypes it was written for.
+        return [part.view(t.shape).to(t.dtype) for part, t in zip(torch.split(flat, sizes), like)]
 
-    def c_of(flat: Any) -> Any:
-        c = constraint(rebuild(unflatten(flat, p_leaves)))
+    def c_of(*leaves: Any) -> Any:
+        c = constraint(rebuild(list(leaves)))
         _check_output(c)
         return c
 
-    with torch.no_grad():
-        # One buffer each: the flat parameters (detached: no graph reaches the
-        # caller's tensors) and the flat direction (a copy, so never mutated).
-        theta = torch.cat([t.detach().reshape(-1).to(p_dtype) for t in p_leaves])
-        h = torch.cat([t.detach().reshape(-1).to(dtype) for t in h_leaves])
     # torch.func transforms ignore the caller's no_grad; the VJP graph is built once
     # and reused for every product with J^T.
-    c, pullback = torch.func.vjp(c_of, theta)
+    c, pullback = torch.func.vjp(c_of, *primals)
     c = c.detach()
     dtype = torch.promote_types(dtype, c.dtype)
+    with torch.no_grad():
+        h = _flat(h_leaves, dtype)  # the direction is only read, never written
+    scratch: list[Any] = []
 
     def matvec(v: Any) -> Any:
         # The fused attention kernels (flash, memory-efficient) have no forward-mode
         # derivative; the math kernel computes the same attention and has one.
         with sdpa_kernel(SDPBackend.MATH):
-            return torch.func.jvp(c_of, (theta,), (v.to(p_dtype),))[1].to(dtype)
+            return torch.func.jvp(c_of, primals, tuple(views(v, p_leaves)))[1].to(dtype)
 
     def rmatvec(u: Any) -> Any:
-        return pullback(u.to(c.dtype))[0].to(dtype)
+        # Gathered into one buffer reused by every call: LSMR consumes J^T u before
+        # its next product, and a fresh parameter-sized array per iteration costs as
+        # much as the VJP itself on a CPU (its pages are faulted in anew).
+        grads = [g.reshape(-1).to(dtype) for g in pullback(u.to(c.dtype))]
+        if not scratch:
+            scratch.append(torch.empty_like(h))
+        return torch.cat(grads, out=scratch[0])
 
     def unflatten_direction(d: Any) -> Any:
-        return rebuild_h(unflatten(d, h_leaves))
+        return rebuild_h(views(d, h_leaves))
 
-    return Linearization(xp=array_api_compat.array_namespace(c), dtype=dtype, h=h.to(dtype),
+    return Linearization(xp=array_api_compat.array_namespace(c), dtype=dtype, h=h,
                          c=c.to(dtype), matvec=_no_grad(matvec), rmatvec=_no_grad(rmatvec),
                          unflatten=_no_grad(unflatten_direction), host=_host)
+
+
+def buffers(like: Sequence[Any]) -> list[Any]:
+    """Uninitialised tensors shaped as ``like``: views of one flat buffer where
+    they share a dtype and device (`linearize` then takes them as they are,
+    without copying them into a flat vector), else one tensor each."""
+    if len({(t.dtype, t.device) for t in like}) != 1:
+        return [torch.empty_like(t) for t in like]
+    flat = torch.empty(sum(t.numel() for t in like), dtype=like[0].dtype, device=like[0].device)
+    return [part.view(t.shape) for part, t in zip(torch.split(flat, [t.numel() for t in like]), like)]
+
+
+def _flat(leaves: Sequence[Any], dtype: Any) -> Any:
+    """The leaves as one flat vector of ``dtype``: a view where they already lie
+    one after the other in one buffer of that dtype, else a copy."""
+    first = leaves[0]
+    offset = first.storage_offset()
+    contiguous = all(t.dtype == dtype and t.is_contiguous() for t in leaves)
+    if contiguous and all(t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+                          for t in leaves):
+        for t in leaves:
+            if t.storage_offset() != offset:
+                break
+            offset += t.numel()
+        else:
+            total = offset - first.storage_offset()
+            return first.detach().as_strided((total,), (1,), first.storage_offset())
+    return torch.cat([t.detach().reshape(-1).to(dtype) for t in leaves])
 
 
 def _leaves(tree: Any, name: str) -> tuple[list[Any], Callable[[list[Any]], Any]]:

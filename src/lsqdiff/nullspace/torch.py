@@ -7,13 +7,13 @@ gradients it receives (``placement="gradient"``) or the update it makes
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from ._core import ProjectionInfo, check_knobs, solve
-from ._torch import linearize
+from ._core import Linearization, ProjectionInfo, check_knobs, correction, solve
+from ._torch import buffers, linearize
 
 __all__ = ["ConstrainedOptimizer"]
 
@@ -168,34 +168,39 @@ class ConstrainedOptimizer:
             with torch.enable_grad():
                 result = closure()
         h = tuple(torch.zeros_like(p) if p.grad is None else p.grad for p in self._tensors)
-        d, info = self._project(h, self._tensors, sign=1.0)
-        for p, g in zip(self._tensors, d):
+        d, info = solve(self._linearize(h, self._tensors), sign=1.0, **self._settings)
+        for p, g in zip(self._tensors, d.values() if isinstance(d, dict) else d):
             p.grad = g  # a new tensor: the caller's gradient is not modified
         self.optimizer.step()
         return result, info
 
     def _update_step(self, closure: Callable[[], Any] | None) -> tuple[Any, ProjectionInfo]:
-        old = tuple(p.detach().clone() for p in self._tensors)
+        # theta_old and u = theta_new - theta_old, each in one flat buffer where the
+        # tensors share a dtype, which the projection then uses without copying.
+        tensors = self._tensors
+        old, u = buffers(tensors), buffers(tensors)
+        with torch.no_grad():
+            for p, p0 in zip(tensors, old):
+                p0.copy_(p)
         result = self.optimizer.step(closure)
         with torch.no_grad():
-            u = tuple(p - p0 for p, p0 in zip(self._tensors, old))
+            for p, p0, du in zip(tensors, old, u):
+                torch.sub(p, p0, out=du)
         # J is taken at theta_old, where the step started; the sign is that of an
         # additive update (theta + u), opposite to the descent direction of project().
-        u_new, info = self._project(u, old, sign=-1.0)
+        lin = self._linearize(u, old)
+        x, info = correction(lin, sign=-1.0, **self._settings)
+        # theta_old + (u - x) = theta_new - x: subtracted in place.
         with torch.no_grad():
-            for p, p0, du in zip(self._tensors, old, u_new):
-                p.copy_(p0 + du)
+            for p, dx in zip(tensors, torch.split(x, [p.numel() for p in tensors])):
+                p.sub_(dx.view(p.shape).to(p.dtype))
         return result, info
 
-    def _project(self, direction: tuple[Any, ...], at: tuple[Any, ...], sign: float
-                 ) -> tuple[tuple[Any, ...], ProjectionInfo]:
+    def _linearize(self, direction: Sequence[Any], at: Sequence[Any]) -> Linearization:
         if self._names is None:
-            params, h = at, direction
-        else:
-            params, h = dict(zip(self._names, at)), dict(zip(self._names, direction))
-        lin = linearize(self.constraint, params, h)
-        d, info = solve(lin, sign=sign, **self._settings)
-        return (tuple(d.values()) if isinstance(d, dict) else tuple(d)), info
+            return linearize(self.constraint, tuple(at), tuple(direction))
+        return linearize(self.constraint, dict(zip(self._names, at)),
+                         dict(zip(self._names, direction)))
 
     def __repr__(self) -> str:
         return (f"ConstrainedOptimizer({self.optimizer.__class__.__name__}, "
@@ -219,4 +224,5 @@ def _parameters(params: Any, optimizer: torch.optim.Optimizer
     if not tensors or not all(isinstance(p, torch.Tensor) for p in tensors):
         raise TypeError("params must be an nn.Module or a non-empty sequence of tensors")
     return None, tensors
+
 
