@@ -263,3 +263,69 @@ def test_attention_constraint():
     Jd = J @ torch.cat([d[n].reshape(-1) for n in names])
     torch.testing.assert_close(Jd, 0.2 * constraint(params).detach(), rtol=1e-8, atol=1e-9)
     assert info.converged
+
+
+class _TanhOnceDifferentiable(torch.autograd.Function):
+    """tanh whose backward cannot be differentiated again, with a forward-mode rule."""
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+    @staticmethod
+    def jvp(ctx, dx):
+        (y,) = ctx.saved_tensors
+        return dx * (1 - y * y)
+
+
+def test_constraint_without_second_derivative():
+    # J v is computed by differentiating u -> J^T u again; where the constraint has
+    # no second derivative the products fall back to torch.func.jvp. The linear term
+    # gives autograd a second path, along which it would silently drop the first.
+    rng = np.random.default_rng(5)
+    A = torch.tensor(rng.standard_normal((4, 12)))
+    t = torch.tensor(rng.standard_normal(4))
+    theta = torch.tensor(rng.standard_normal(12))
+    h = torch.tensor(rng.standard_normal(12))
+
+    def constraint(p):
+        return A @ _TanhOnceDifferentiable.apply(p) + 0.5 * (A @ p) - t
+
+    d, info = project(h, constraint, theta, gamma=0.4, **TIGHT)
+    J = A * (1 - torch.tanh(theta) ** 2) + 0.5 * A
+    c = constraint(theta)
+    expected = h - torch.linalg.pinv(J) @ (J @ h - 0.4 * c)
+    torch.testing.assert_close(d, expected, rtol=1e-9, atol=1e-10)
+    assert info.converged
+
+
+def test_constraint_ignoring_parameters():
+    # A leaf the constraint never reads keeps its direction; a constraint that reads
+    # none (J = 0) leaves the whole direction as it is.
+    rng = np.random.default_rng(6)
+    params = {"a": torch.tensor(rng.standard_normal(6)), "b": torch.tensor(rng.standard_normal(3))}
+    h = {name: torch.tensor(rng.standard_normal(p.shape)) for name, p in params.items()}
+    d, info = project(h, lambda p: p["a"][:2] ** 2 - 1.0, params, gamma=0.5, **TIGHT)
+    torch.testing.assert_close(d["b"], h["b"])
+    a = params["a"]
+    J = torch.zeros(2, 6, dtype=torch.float64)
+    J[0, 0], J[1, 1] = 2 * a[0], 2 * a[1]
+    expected = h["a"] - torch.linalg.pinv(J) @ (J @ h["a"] - 0.5 * (a[:2] ** 2 - 1.0))
+    torch.testing.assert_close(d["a"], expected, rtol=1e-9, atol=1e-10)
+    assert info.converged
+
+    d, info = project(h, lambda p: torch.ones(3, dtype=torch.float64), params, gamma=0.5)
+    for name in params:
+        torch.testing.assert_close(d[name], h[name])
+    assert info.itn == 0 and info.istop == 0

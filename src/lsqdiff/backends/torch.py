@@ -94,7 +94,7 @@ class _InPlace(NewArrays):
 
     @staticmethod
     def xpay(x: Any, a: float, y: Any) -> Any:
-        return y.mul_(a).add_(x)
+        return torch.add(x, y, alpha=a, out=y)  # one pass, where mul_ then add_ make two
 
     @staticmethod
     def axpy(a: float, x: Any, y: Any) -> Any:

@@ -20,9 +20,6 @@ def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> 
     _check_match(params, direction, p_leaves, h_leaves)
     dtype = torch.promote_types(_widest(p_leaves), _widest(h_leaves))
     sizes = [t.numel() for t in p_leaves]
-    # The constraint is linearised at the parameters themselves (detached views: no
-    # graph reaches the caller's tensors), never at a flat copy of them.
-    primals = tuple(t.detach() for t in p_leaves)
 
     def views(flat: Any, like: Sequence[Any]) -> list[Any]:
         # Views of the one flat buffer, cast to each leaf's own dtype (a no-op when
@@ -34,20 +31,23 @@ def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> 
         _check_output(c)
         return c
 
-    # torch.func transforms ignore the caller's no_grad; the VJP graph is built once
-    # and reused for every product with J^T.
-    c, pullback = torch.func.vjp(c_of, *primals)
-    c = c.detach()
+    # The constraint is linearised at the parameters themselves (detached views
+    # that are leaves of a graph of their own: none reaches the caller's tensors),
+    # never at a flat copy. Its graph is built once, whatever the caller's grad
+    # mode, and every product with J^T reuses it.
+    leaves = tuple(t.detach().requires_grad_() for t in p_leaves)
+    with torch.enable_grad():
+        c_graph = c_of(*leaves)
+    c = c_graph.detach()
     dtype = torch.promote_types(dtype, c.dtype)
     with torch.no_grad():
         h = _flat(h_leaves, dtype)  # the direction is only read, never written
+    pullback = _Pullback(c_graph, leaves)
+    tangent = _Tangent(c_graph, leaves, c_of)
     scratch: list[Any] = []
 
     def matvec(v: Any) -> Any:
-        # The fused attention kernels (flash, memory-efficient) have no forward-mode
-        # derivative; the math kernel computes the same attention and has one.
-        with sdpa_kernel(SDPBackend.MATH):
-            return torch.func.jvp(c_of, primals, tuple(views(v, p_leaves)))[1].to(dtype)
+        return tangent(views(v, p_leaves)).to(dtype)
 
     def rmatvec(u: Any) -> Any:
         # Gathered into one buffer reused by every call: LSMR consumes J^T u before
@@ -64,6 +64,89 @@ def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> 
     return Linearization(xp=array_api_compat.array_namespace(c), dtype=dtype, h=h,
                          c=c.to(dtype), matvec=_no_grad(matvec), rmatvec=_no_grad(rmatvec),
                          unflatten=_no_grad(unflatten_direction), host=_host)
+
+
+class _Pullback:
+    """``u -> J^T u`` on the constraint's graph, leaf by leaf (zeros for leaves
+    the constraint does not reach)."""
+
+    def __init__(self, c: Any, leaves: tuple[Any, ...]):
+        self.c, self.leaves = c, leaves
+
+    def __call__(self, u: Any) -> tuple[Any, ...]:
+        if not self.c.requires_grad:
+            return tuple(torch.zeros_like(t) for t in self.leaves)
+        return torch.autograd.grad(self.c, self.leaves, grad_outputs=u, retain_graph=True,
+                                   allow_unused=True, materialize_grads=True)
+
+
+class _Tangent:
+    """``v -> J v``, by differentiating ``u -> J^T u`` (linear in ``u``) once more.
+
+    That reuses the constraint's graph: on an MLP it costs about half of
+    ``torch.func.jvp``, which evaluates the constraint again with every
+    product. Where an operation of the constraint has no second derivative
+    (fused attention kernels, ``once_differentiable`` functions) the first
+    product falls back to ``torch.func.jvp`` for good.
+    """
+
+    def __init__(self, c: Any, leaves: tuple[Any, ...], c_of: Callable[..., Any]):
+        self.c, self.leaves, self.c_of = c, leaves, c_of
+        self.graph: tuple[Any, list[tuple[Any, int]]] | None = None
+        self.forward_mode = False
+
+    def __call__(self, v: Sequence[Any]) -> Any:
+        if not self.forward_mode:
+            try:
+                return self._reverse_over_reverse(v)
+            except (RuntimeError, NotImplementedError):
+                self.forward_mode = True
+        primals = tuple(t.detach() for t in self.leaves)
+        # The fused attention kernels (flash, memory-efficient) have no forward-mode
+        # derivative; the math kernel computes the same attention and has one.
+        with sdpa_kernel(SDPBackend.MATH):
+            return torch.func.jvp(self.c_of, primals, tuple(v))[1]
+
+    def _reverse_over_reverse(self, v: Sequence[Any]) -> Any:
+        if not self.c.requires_grad:
+            return torch.zeros_like(self.c)
+        if self.graph is None:
+            u0 = torch.zeros_like(self.c, requires_grad=True)
+            with torch.enable_grad():
+                g = torch.autograd.grad(self.c, self.leaves, grad_outputs=u0, retain_graph=True,
+                                        create_graph=True, allow_unused=True)
+            outputs = [(gi, i) for i, gi in enumerate(g) if gi is not None and gi.requires_grad]
+            if not _differentiable_in(u0, [gi for gi, _ in outputs]):
+                raise NotImplementedError("the constraint's VJP cannot be differentiated")
+            self.graph = u0, outputs
+        u0, outputs = self.graph
+        if not outputs:
+            return torch.zeros_like(self.c)
+        return torch.autograd.grad([gi for gi, _ in outputs], u0,
+                                   grad_outputs=[v[i] for _, i in outputs], retain_graph=True,
+                                   allow_unused=True, materialize_grads=True)[0]
+
+
+def _differentiable_in(u0: Any, outputs: Sequence[Any]) -> bool:
+    """Whether every output's graph reaches ``u0`` and holds no node that refuses
+    differentiation. A ``once_differentiable`` backward, or one with no
+    derivative of its own, leaves an error node that autograd prunes silently
+    when another path reaches ``u0``: its part of ``J v`` would be dropped."""
+    reaches: dict[Any, bool] = {}  # node -> whether u0 lies below it
+    # Depth first, a node decided after its inputs (the graph is acyclic).
+    stack: list[tuple[Any, bool]] = [(out.grad_fn, False) for out in outputs]
+    while stack:
+        node, inputs_done = stack.pop()
+        if inputs_done:
+            reaches[node] = getattr(node, "variable", None) is u0 or any(
+                reaches[fn] for fn, _ in node.next_functions if fn is not None)
+        elif node is not None and node not in reaches:
+            if "Error" in node.name() or "NotImplemented" in node.name():
+                return False
+            reaches[node] = False
+            stack.append((node, True))
+            stack.extend((fn, False) for fn, _ in node.next_functions if fn is not None)
+    return all(out.grad_fn is not None and reaches[out.grad_fn] for out in outputs)
 
 
 def buffers(like: Sequence[Any]) -> list[Any]:
