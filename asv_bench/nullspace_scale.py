@@ -107,13 +107,18 @@ def make_vjp(setup: dict):
 
 
 def make_parts(setup: dict) -> dict:
-    """What one LSMR iteration is made of: a JVP of the constraint (the
-    projection's ``matvec``, ``torch.func.jvp``, forward included) and one
-    vector update on N floats, allocating and in place (LSMR makes several)."""
+    """What one LSMR iteration is made of: the projection's two products with J
+    (``rmatvec``: a VJP gathered into one buffer; ``matvec``: reverse over
+    reverse on the same graph), ``torch.func.jvp`` for comparison, and one
+    vector update on N floats, allocating and in place (LSMR makes five)."""
     import torch
+
+    from lsqdiff.nullspace._torch import linearize
 
     params = {n: p.detach() for n, p in setup["model"].named_parameters()}
     tangent = {n: torch.randn_like(p) for n, p in params.items()}
+    lin = linearize(setup["constraint"], params, tangent)
+    u = torch.randn(setup["k"], device=setup["x"].device)
     x = torch.randn(setup["parameters"], device=setup["x"].device)
     v = torch.randn_like(x)
 
@@ -124,9 +129,11 @@ def make_parts(setup: dict) -> dict:
         return x + 0.5 * v
 
     def axpy_():
-        return x.add_(v, alpha=0.5)
+        return torch.add(v, x, alpha=0.5, out=x)
 
-    return {"jvp": jvp, "x + a v (N floats, new tensor)": axpy, "x += a v (in place)": axpy_}
+    return {"rmatvec (J^T u)": lambda: lin.rmatvec(u), "matvec (J v)": lambda: lin.matvec(lin.h),
+            "torch.func.jvp": jvp, "x + a v (N floats, new tensor)": axpy,
+            "x = v + a x (in place)": axpy_}
 
 
 def parts(width: int, device: str, reps: int) -> dict:
@@ -228,7 +235,7 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--parts", action="store_true",
-                    help="only time the pieces of an LSMR iteration (JVP, VJP, a vector update)")
+                    help="only time the pieces of an LSMR iteration (J v, J^T u, a vector update)")
     args = ap.parse_args(argv)
     import torch
 

@@ -43,8 +43,10 @@ def project(direction: Any, constraint: Callable[[Any], Any], params: Any, *,
     ``J^+`` is applied by one `lsqdiff.lsmr` solve on a `lsqdiff.LinearOperator`
     of shape ``(k, N)`` whose products are the JVP (``J v``) and VJP
     (``J^T u``) of the constraint at ``params`` (JAX: ``jax.linearize`` once
-    and its transpose; PyTorch: ``torch.func.jvp`` per product and
-    ``torch.func.vjp`` once). ``J`` is never formed.
+    and its transpose; PyTorch: the constraint's graph built once, ``J^T u``
+    a backward pass through it and ``J v`` a second one through that, or
+    ``torch.func.jvp`` where the graph has no second derivative). ``J`` is
+    never formed.
 
     Parameters
     ----------
@@ -90,10 +92,10 @@ def project(direction: Any, constraint: Callable[[Any], Any], params: Any, *,
     -----
     Works under ``jax.jit`` (the whole call; fields of ``info`` are then JAX
     arrays). Outside ``jit`` each JAX call traces and compiles its LSMR loop
-    anew, so call it from a jitted step. PyTorch needs forward-mode AD
-    (``torch.func.jvp``) for every operation of the constraint; the JVP
-    products run ``scaled_dot_product_attention`` with its math kernel, as the
-    fused kernels have no forward-mode derivative.
+    anew, so call it from a jitted step. PyTorch needs, for every operation
+    of the constraint, a second derivative or else a forward-mode one
+    (``torch.func.jvp``, which then runs ``scaled_dot_product_attention`` with
+    its math kernel, as the fused kernels have no forward-mode derivative).
 
     Examples
     --------

@@ -23,7 +23,8 @@ class ConstrainedOptimizer:
 
     Each step solves one minimum-norm least-squares problem with the
     constraint Jacobian ``J = dc/dtheta`` (LSMR; ``J`` is applied by
-    ``torch.func.jvp``/``torch.func.vjp`` and never formed).
+    autograd on the constraint's graph and never formed, see
+    `lsqdiff.nullspace.project`).
 
     Parameters
     ----------
@@ -79,8 +80,8 @@ class ConstrainedOptimizer:
     that re-evaluate the closure (L-BFGS) need ``"update"``. Parameters whose
     gradient is None take a zero direction and still receive a gradient
     (the projection may move them to keep the constraint). The constraint is
-    evaluated once per LSMR iteration (each JVP), so it must be deterministic
-    and free of side effects (no dropout; BatchNorm in eval mode). The step counter
+    evaluated once per step (once per LSMR iteration where the products fall
+    back to forward mode), so it must be deterministic and free of side effects (no dropout; BatchNorm in eval mode). The step counter
     used by ``warmup`` is saved by ``state_dict`` under ``"nullspace_step"``.
 
     Examples
