@@ -70,7 +70,8 @@ class Linearization:
     """A constraint linearised at the parameters, with the direction flattened.
 
     ``h`` and ``c`` are 1-D arrays in the solve dtype ``dtype``; ``matvec``
-    (``v -> J v``) and ``rmatvec`` (``u -> J^T u``) take and return that dtype;
+    (``v -> J v``) and ``rmatvec`` (``u -> J^T u``) take and return that dtype
+    (``rmatvec`` may return one buffer it reuses: use it before the next call);
     ``unflatten`` maps a flat vector back to the direction's structure and
     dtypes; ``host`` turns a diagnostic into its reported form.
     """

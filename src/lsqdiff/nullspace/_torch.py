@@ -156,7 +156,8 @@ def buffers(like: Sequence[Any]) -> list[Any]:
     if len({(t.dtype, t.device) for t in like}) != 1:
         return [torch.empty_like(t) for t in like]
     flat = torch.empty(sum(t.numel() for t in like), dtype=like[0].dtype, device=like[0].device)
-    return [part.view(t.shape) for part, t in zip(torch.split(flat, [t.numel() for t in like]), like)]
+    parts = torch.split(flat, [t.numel() for t in like])
+    return [part.view(t.shape) for part, t in zip(parts, like)]
 
 
 def _flat(leaves: Sequence[Any], dtype: Any) -> Any:

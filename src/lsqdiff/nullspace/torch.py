@@ -81,8 +81,9 @@ class ConstrainedOptimizer:
     gradient is None take a zero direction and still receive a gradient
     (the projection may move them to keep the constraint). The constraint is
     evaluated once per step (once per LSMR iteration where the products fall
-    back to forward mode), so it must be deterministic and free of side effects (no dropout; BatchNorm in eval mode). The step counter
-    used by ``warmup`` is saved by ``state_dict`` under ``"nullspace_step"``.
+    back to forward mode), so it must be deterministic and free of side
+    effects (no dropout; BatchNorm in eval mode). The step counter used by
+    ``warmup`` is saved by ``state_dict`` under ``"nullspace_step"``.
 
     Examples
     --------
