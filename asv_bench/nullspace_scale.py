@@ -15,13 +15,15 @@ as dense as the network's. Constrained step: the same step through
 ``lsqdiff.nullspace.torch.ConstrainedOptimizer`` (placement "update"), LSMR
 with atol = btol = 0 so that it runs exactly ``maxiter`` iterations (20, 50).
 
-Figures, each the median of ``--reps`` rounds in which every configuration runs
-once, back to back (ratios, not lone absolute times, are the point on a shared
-machine):
+Figures, each the median over ``--reps`` rounds of the figure computed within
+the round, in which every configuration runs back to back (ratios of times
+taken side by side, not lone absolute times, are the point on a shared
+machine, whose memory bandwidth drifts by 10-20% over minutes):
 
 * per LSMR iteration = (step(50) - step(20)) / 30, divided by one VJP of the
-  constraint (the backward pass alone, on a graph already built) and by its
-  forward + VJP;
+  constraint (the backward pass alone, on a graph already built, the
+  gradients it returns freed inside the timing as LSMR frees its products;
+  the median of three calls in the round) and by its forward + VJP;
 * constrained step / unconstrained step at maxiter 20 and 50;
 * peak memory: the process's peak RSS (``VmHWM``, Linux) over a constrained
   step ÷ that over an unconstrained step, each configuration in a fresh
@@ -98,10 +100,10 @@ def make_vjp(setup: dict):
     u = torch.randn_like(c)
 
     def backward():
-        return pullback(u)
+        pullback(u)  # and frees the gradients it made
 
     def forward_backward():
-        return torch.func.vjp(setup["constraint"], params)[1](u)
+        torch.func.vjp(setup["constraint"], params)[1](u)
 
     return backward, forward_backward
 
@@ -171,20 +173,38 @@ def timings(width: int, device: str, reps: int) -> dict:
     for fn in configs.values():  # warm-up (allocates Adam's state)
         fn()
     times: dict = {name: [] for name in configs}
+    ratios: dict = {name: [] for name in RATIOS}
     itn: dict = {}
     for _ in range(reps):
+        round_s = {}
         for name, fn in configs.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            out = fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
+            calls = []
+            for _ in range(3 if name in ("vjp", "forward+vjp") else 1):
+                _sync(device)
+                t0 = time.perf_counter()
+                out = fn()
+                _sync(device)
+                calls.append(time.perf_counter() - t0)
+            round_s[name] = statistics.median(calls)
+            times[name].append(round_s[name])
             if name.startswith("constrained"):
                 itn[name] = out.last_info.itn
+        round_s["per_iteration"] = (round_s["constrained50"] - round_s["constrained20"]) / 30
+        for name, (num, den) in RATIOS.items():
+            ratios[name].append(round_s[num] / round_s[den])
     med = {name: statistics.median(t) for name, t in times.items()}
     med["per_iteration"] = (med["constrained50"] - med["constrained20"]) / 30
-    return {"median_s": med, "all_s": times, "itn": itn, "parameters": setup["parameters"],
-            "k": setup["k"]}
+    return {"median_s": med, "all_s": times, "ratios": ratios, "itn": itn,
+            "parameters": setup["parameters"], "k": setup["k"]}
+
+
+#: The time ratios reported, each computed within a round: name -> (numerator, denominator).
+RATIOS = {
+    "per LSMR iteration / VJP (backward alone)": ("per_iteration", "vjp"),
+    "per LSMR iteration / forward + VJP": ("per_iteration", "forward+vjp"),
+    "constrained step (maxiter 20) / unconstrained step": ("constrained20", "unconstrained"),
+    "constrained step (maxiter 50) / unconstrained step": ("constrained50", "unconstrained"),
+}
 
 
 def memory_child(width: int, device: str, maxiter: int | None) -> dict:
@@ -232,7 +252,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="width 1024 (3.4M parameters)")
     ap.add_argument("--width", type=int, default=None)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--parts", action="store_true",
                     help="only time the pieces of an LSMR iteration (J v, J^T u, a vector update)")
@@ -256,22 +276,21 @@ def main(argv=None) -> None:
           f"{width}: {t['parameters'] / 1e6:.1f}M float32 parameters | constraint: "
           f"{t['k']} outputs | medians of {args.reps} interleaved rounds | LSMR iterations "
           f"run: {t['itn']}\n")
-    print("| figure | value |\n|---|---:|")
-    for name in ("vjp", "forward+vjp", "unconstrained", "constrained20", "constrained50",
-                 "per_iteration"):
-        print(f"| time: {name} (s) | {med[name]:.3f} |")
-    print(f"| per LSMR iteration / VJP (backward alone) | {med['per_iteration'] / med['vjp']:.2f} |")
-    print(f"| per LSMR iteration / forward + VJP | {med['per_iteration'] / med['forward+vjp']:.2f} |")
-    for n in (20, 50):
-        print(f"| constrained step (maxiter {n}) / unconstrained step | "
-              f"{med[f'constrained{n}'] / med['unconstrained']:.2f} |")
+    print("| figure | median | range over rounds |\n|---|---:|---:|")
+    for name in ("vjp", "forward+vjp", "unconstrained", "constrained20", "constrained50"):
+        all_s = t["all_s"][name]
+        print(f"| time: {name} (s) | {med[name]:.3f} | {min(all_s):.3f}-{max(all_s):.3f} |")
+    print(f"| time: per_iteration (s) | {med['per_iteration']:.3f} | |")
+    for name, values in t["ratios"].items():
+        print(f"| {name} | {statistics.median(values):.2f} | "
+              f"{min(values):.2f}-{max(values):.2f} |")
     unit = "peak RSS" if args.device == "cpu" else "max_memory_allocated"
     for name, m in mem.items():
         print(f"| {unit}: {name} (MiB; {m['before'] / MB:.0f} before the step) | "
-              f"{m['peak'] / MB:.0f} |")
+              f"{m['peak'] / MB:.0f} | |")
     for n in (20, 50):
         print(f"| peak memory, constrained (maxiter {n}) / unconstrained | "
-              f"{mem[f'constrained{n}']['peak'] / mem['unconstrained']['peak']:.2f} |")
+              f"{mem[f'constrained{n}']['peak'] / mem['unconstrained']['peak']:.2f} | |")
 
 
 if __name__ == "__main__":

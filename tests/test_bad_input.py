@@ -145,7 +145,7 @@ def test_linear_operator_bad_shape(kwargs, match):
         lsqdiff.LinearOperator(matvec=lambda v: v, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["matvec", "rmatvec", "matmat", "rmatmat"])
+@pytest.mark.parametrize("name", ["matvec", "rmatvec", "matmat", "rmatmat", "rmatvec_pieces"])
 def test_linear_operator_not_callable(name):
     funcs = dict(matvec=lambda v: v)
     funcs[name] = 5

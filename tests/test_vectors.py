@@ -56,3 +56,50 @@ def test_in_place_keeps_x_at_a_non_finite_product():
     assert info.istop == 8
     assert torch.isfinite(x).all()
     np.testing.assert_allclose(x.numpy(), x_ref.numpy(), rtol=1e-12)
+
+
+def _pieces_operator(At, sizes):
+    """A with ``A^T u`` also given in pieces of ``sizes`` (then the remainder)."""
+    cuts = np.cumsum(sizes).tolist()
+
+    def pieces(u):
+        return list(torch.tensor_split(At.T @ u, cuts))
+
+    return lsqdiff.LinearOperator(At.shape, lambda v: At @ v, lambda u: At.T @ u,
+                                  rmatvec_pieces=pieces)
+
+
+@pytest.mark.parametrize("chunk_floats", [1, 5, 64])
+@pytest.mark.parametrize("sizes", [(), (3, 7), (1, 1, 0, 11)], ids=["whole", "two", "uneven"])
+@pytest.mark.parametrize("name", ["lsmr", "lsqr"])
+def test_sweeps_by_slices_and_pieces_match_block(monkeypatch, chunk_floats, sizes, name):
+    # The in-place updates run slice by slice (here slices of 1, 5 and 64 floats
+    # against n = 20 or 30), and read A^T u in the operator's pieces, whose ends
+    # fall inside the slices; the iterates must be those of the block path.
+    from lsqdiff.backends import torch as torch_backend
+
+    monkeypatch.setattr(torch_backend, "_IN_PLACE", torch_backend._InPlace(8 * chunk_floats))
+    solve = getattr(lsqdiff, name)
+    for shape in ("tall", "wide"):
+        A, b = make_problem(shape, seed=44)
+        At, bt = torch.tensor(A), torch.tensor(b)
+        kwargs = dict(atol=0.0, btol=0.0, maxiter=15)
+        x, info = solve(_pieces_operator(At, sizes), bt, **kwargs)
+        X, block = solve(At, bt[:, None], **kwargs)
+        np.testing.assert_allclose(x.numpy(), X[:, 0].numpy(), rtol=1e-11, atol=1e-13)
+        np.testing.assert_allclose(info.normx, float(block.normx[0]), rtol=1e-11)
+        np.testing.assert_allclose(info.normar, float(block.normar[0]), rtol=1e-9)
+
+
+@pytest.mark.parametrize("pieces, error, match", [
+    (lambda g: [g[:5], g[5:-1]], ValueError, r"rmatvec_pieces returned pieces of total length 19, "
+                                             r"expected n = 20"),
+    (lambda g: [g[:, None]], TypeError, r"rmatvec_pieces must return a list of 1-D tensors"),
+], ids=["short", "2-D"])
+def test_bad_rmatvec_pieces(pieces, error, match):
+    A, b = make_problem("tall", seed=45)
+    At = torch.tensor(A)
+    op = lsqdiff.LinearOperator(At.shape, lambda v: At @ v, lambda u: At.T @ u,
+                                rmatvec_pieces=lambda u: pieces(At.T @ u))
+    with pytest.raises(error, match=match):
+        lsqdiff.lsmr(op, torch.tensor(b))

@@ -49,7 +49,8 @@ def step(op: Operator, u: Any, v: Any, alpha: Any, S: Any, norm: Norm,
 
     Where ``beta = 0`` the bidiagonalisation has ended and, as in SciPy,
     ``v`` and ``alpha`` keep their values. ``V`` (`lsqdiff._vectors`) may
-    update ``u`` and ``v`` in place.
+    update ``u`` and ``v`` in place, and then takes ``A^H u`` in the pieces
+    the operator gives, where it gives them.
     """
     u = V.xpay(op.matvec(v), -alpha, u)
     beta = norm(u)
@@ -57,7 +58,9 @@ def step(op: Operator, u: Any, v: Any, alpha: Any, S: Any, norm: Norm,
     going = beta > 0
     if V.inplace and not going:  # one column, host scalars: keep v as it is
         return u, v, alpha, beta
-    v_next = V.xpay(op.rmatvec(u), -beta, v)
-    alpha_next = norm(v_next)
+    pieces = V.inplace and op.rmatvec_pieces is not None
+    g = op.rmatvec_pieces(u) if pieces else op.rmatvec(u)
+    (v_next,), (alpha_next,) = V.sweep(lambda v, g: (V.xpay(g, -beta, v),), (v, g), norm,
+                                       norms=(0,))
     v_next = V.scale(S.recip(alpha_next), v_next)
     return u, S.where(going, v_next, v), S.where(going, alpha_next, alpha), beta

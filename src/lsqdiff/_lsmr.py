@@ -62,9 +62,14 @@ def step(p: Problem, st: State) -> State:
     c_hbar = S.div(thetabar * rho, rhoold * rhobarold)
     c_x = S.div(zeta, rho * rhobar)
     c_h = S.div(thetanew, rho)
-    hbar = V.xpay(st["h"], -c_hbar, st["hbar"])
-    x = V.axpy(c_x, hbar, st["x"])
-    h = V.xpay(v, -c_h, st["h"])
+
+    def directions(h: Any, hbar: Any, x: Any, v: Any) -> tuple[Any, Any, Any]:
+        hbar = V.xpay(h, -c_hbar, hbar)  # first: it reads the old h
+        x = V.axpy(c_x, hbar, x)
+        return V.xpay(v, -c_h, h), hbar, x
+
+    (h, hbar, x), (normx,) = V.sweep(directions, (st["h"], st["hbar"], st["x"], v), p.norm,
+                                     norms=(2,))
 
     # Estimate ||r|| by applying Qhat, Q and Qtilde to the right-hand side.
     betaacute = chat * st["betadd"]
@@ -90,7 +95,6 @@ def step(p: Problem, st: State) -> State:
     conda = S.div(S.maximum(maxrbar, rhotemp), S.minimum(minrbar, rhotemp))
 
     normar = S.abs(zetabar)
-    normx = p.norm(x)
     istop = choose_stop(p, itn=itn, normr=normr, normar=normar, norma=norma,
                         conda=conda, normx=normx, normb=st["normb"])
 

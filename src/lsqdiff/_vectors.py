@@ -12,10 +12,16 @@ faulted in anew.
 In-place updates overwrite only vectors the solver made itself, and only
 ``y``, the last argument; a vector kept under two names at the start
 (LSMR's ``h = v``) is first split by `own`.
+
+Updates that follow one another on the same vectors are grouped by `sweep`:
+on a CPU an in-place implementation runs the group slice by slice, so that
+each vector crosses the memory bus once for the whole group rather than once
+per update (vectors of 50M floats are far larger than the caches).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -43,6 +49,22 @@ class NewArrays:
     def own(y: Any) -> Any:
         """``y`` as a vector of its own, safe to overwrite apart from ``y``."""
         return y
+
+    @staticmethod
+    def sweep(body: Callable[..., tuple[Any, ...]], vectors: Sequence[Any],
+              norm: Callable[[Any], Any], norms: Sequence[int] = ()
+              ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """``body(*vectors)`` and ``norm`` of the outputs numbered in ``norms``.
+
+        ``body`` combines the vectors with the updates above and returns new
+        values for the leading ones, in their order. An in-place
+        implementation may call it on matching slices of the vectors, one
+        after another, and then returns the leading vectors themselves; it
+        also takes a vector that is not overwritten as a list of consecutive
+        1-D pieces (`lsqdiff.LinearOperator`'s ``rmatvec_pieces``).
+        """
+        out = body(*vectors)
+        return out, tuple(norm(out[i]) for i in norms)
 
 
 NEW_ARRAYS = NewArrays()

@@ -42,6 +42,12 @@ class LinearOperator:
         gradients (a module stands for its parameters). Under JAX nothing is
         needed: arrays ``matvec`` closes over are found by
         ``jax.closure_convert`` and receive gradients.
+    rmatvec_pieces : callable, optional
+        PyTorch, one right-hand side: ``u -> [p_1, p_2, ...]``, the 1-D
+        tensors whose concatenation is ``A^H @ u`` (say, a gradient with one
+        tensor per parameter). The solver then combines the pieces with its
+        vectors as they are, without first copying them into one vector of
+        length ``n``; ``rmatvec`` is still used elsewhere.
 
     Examples
     --------
@@ -63,6 +69,7 @@ class LinearOperator:
         matmat: MatVec | None = None,
         rmatmat: MatVec | None = None,
         params: Any = None,
+        rmatvec_pieces: Callable[[Array], list[Array]] | None = None,
     ):
         try:
             m, n = (int(s) for s in shape)
@@ -71,7 +78,8 @@ class LinearOperator:
         if m < 0 or n < 0:
             raise ValueError(f"shape must be non-negative, got {shape!r}")
         for name, f in (("matvec", matvec), ("rmatvec", rmatvec),
-                        ("matmat", matmat), ("rmatmat", rmatmat)):
+                        ("matmat", matmat), ("rmatmat", rmatmat),
+                        ("rmatvec_pieces", rmatvec_pieces)):
             if f is not None and not callable(f):
                 raise TypeError(f"{name} must be callable, got {type(f).__name__}")
         self.shape = (m, n)
@@ -81,6 +89,7 @@ class LinearOperator:
         self.matmat = matmat
         self.rmatmat = rmatmat
         self.params = params
+        self.rmatvec_pieces = rmatvec_pieces
 
     def __repr__(self) -> str:
         return f"<LinearOperator shape={self.shape} dtype={self.dtype}>"
@@ -88,11 +97,14 @@ class LinearOperator:
 
 @dataclass(frozen=True)
 class Operator:
-    """The solver's view of ``A``: products with vectors or column blocks."""
+    """The solver's view of ``A``: products with vectors or column blocks, and
+    optionally ``A^H u`` as consecutive pieces (`LinearOperator`'s
+    ``rmatvec_pieces``), for in-place solves (`lsqdiff._vectors`)."""
 
     shape: tuple[int, int]
     matvec: MatVec
     rmatvec: MatVec
+    rmatvec_pieces: Callable[[Array], list[Array]] | None = None
 
 
 def dense_operator(A: Array, xp: Any) -> Operator:
@@ -121,4 +133,5 @@ def function_operator(
         block = mat if mat is not None else lift(vec, xp)
         return lambda V: vec(V) if V.ndim == 1 else block(V)
 
-    return Operator(op.shape, pick(op.matvec, op.matmat), pick(rmatvec, op.rmatmat))
+    return Operator(op.shape, pick(op.matvec, op.matmat), pick(rmatvec, op.rmatmat),
+                    op.rmatvec_pieces)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -88,9 +89,17 @@ def _csr_transpose(A: Any) -> Any:
 
 
 class _InPlace(NewArrays):
-    """One right-hand side: the solver's own vectors are updated in place."""
+    """One right-hand side: the solver's own vectors are updated in place.
+
+    On a CPU, `sweep` runs its updates on slices of ``chunk_bytes`` per
+    vector, so that the slices of all the vectors stay in the core's cache
+    between one update and the next (on CUDA the group runs whole).
+    """
 
     inplace = True
+
+    def __init__(self, chunk_bytes: int = 512 * 1024):
+        self.chunk_bytes = chunk_bytes
 
     @staticmethod
     def xpay(x: Any, a: float, y: Any) -> Any:
@@ -107,6 +116,58 @@ class _InPlace(NewArrays):
     @staticmethod
     def own(y: Any) -> Any:
         return y.clone()
+
+    def sweep(self, body: Callable[..., tuple[Any, ...]], vectors: Sequence[Any],
+              norm: Callable[[Any], Any], norms: Sequence[int] = ()
+              ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        first = vectors[0]  # the first vector is one tensor: it is overwritten
+        n = first.shape[0]
+        for v in vectors:
+            if not isinstance(v, torch.Tensor):
+                _check_pieces(v, n)
+        step = max(1, self.chunk_bytes // first.element_size())
+        if first.device.type != "cpu" or n <= step:
+            whole = [v if isinstance(v, torch.Tensor) else torch.cat(v) for v in vectors]
+            return super().sweep(body, whole, norm, norms)
+        # Cut at every multiple of step and at every piece's end, so that each
+        # slice lies within one piece of every vector given in pieces.
+        cuts = set(range(0, n, step))
+        for v in vectors:
+            if not isinstance(v, torch.Tensor):
+                cuts.update(itertools.accumulate(p.shape[0] for p in v))
+        bounds = sorted(cuts | {n})
+        sizes = [hi - lo for lo, hi in itertools.pairwise(bounds)]
+        parts: list[list[Any]] = [[] for _ in norms]
+        for chunks in zip(*(_split(v, sizes) for v in vectors)):
+            out = body(*chunks)
+            for acc, i in zip(parts, norms):
+                acc.append(torch.linalg.vector_norm(out[i]))
+        return tuple(vectors[:len(out)]), tuple(norm(torch.stack(p)) for p in parts)
+
+
+def _check_pieces(pieces: Sequence[Any], n: int) -> None:
+    if any(not isinstance(p, torch.Tensor) or p.ndim != 1 for p in pieces):
+        raise TypeError("A: rmatvec_pieces must return a list of 1-D tensors")
+    total = sum(p.shape[0] for p in pieces)
+    if total != n:
+        raise ValueError(f"A: rmatvec_pieces returned pieces of total length {total}, "
+                         f"expected n = {n}")
+
+
+def _split(v: Any, sizes: list[int]) -> list[Any]:
+    """Views of consecutive slices of ``sizes`` of a tensor, or of a list of
+    pieces none of whose ends falls inside a slice."""
+    if isinstance(v, torch.Tensor):
+        return list(torch.split(v, sizes))
+    out: list[Any] = []
+    it = iter(sizes)
+    for p in v:
+        within, left = [], p.shape[0]
+        while left > 0:
+            within.append(next(it))
+            left -= within[-1]
+        out.extend(torch.split(p, within) if within else ())
+    return out
 
 
 _IN_PLACE = _InPlace()

@@ -70,10 +70,11 @@ class Linearization:
     """A constraint linearised at the parameters, with the direction flattened.
 
     ``h`` and ``c`` are 1-D arrays in the solve dtype ``dtype``; ``matvec``
-    (``v -> J v``) and ``rmatvec`` (``u -> J^T u``) take and return that dtype
-    (``rmatvec`` may return one buffer it reuses: use it before the next call);
-    ``unflatten`` maps a flat vector back to the direction's structure and
-    dtypes; ``host`` turns a diagnostic into its reported form.
+    (``v -> J v``) and ``rmatvec`` (``u -> J^T u``) take and return that dtype;
+    ``rmatvec_pieces``, where given, returns ``J^T u`` leaf by leaf
+    (`lsqdiff.LinearOperator`); ``unflatten`` maps a flat vector back to the
+    direction's structure and dtypes; ``host`` turns a diagnostic into its
+    reported form.
     """
 
     xp: Any
@@ -84,6 +85,7 @@ class Linearization:
     rmatvec: Callable[[Array], Array]
     unflatten: Callable[[Array], Any]
     host: Callable[[Any], Any]
+    rmatvec_pieces: Callable[[Array], list[Array]] | None = None
 
 
 def solve(lin: Linearization, **settings: Any) -> tuple[Any, ProjectionInfo]:
@@ -110,7 +112,8 @@ def correction(lin: Linearization, *, gamma: float, sign: float, normalize_gamma
     else:
         g = xp.asarray(gamma, dtype=lin.dtype)
     rhs = lin.matvec(lin.h) - (sign * g) * c
-    J = LinearOperator((c.shape[0], lin.h.shape[0]), lin.matvec, lin.rmatvec, dtype=lin.dtype)
+    J = LinearOperator((c.shape[0], lin.h.shape[0]), lin.matvec, lin.rmatvec, dtype=lin.dtype,
+                       rmatvec_pieces=lin.rmatvec_pieces)
     x, info = lsmr(J, rhs, damp=damp, atol=atol, btol=btol, maxiter=maxiter)
     # normr^2 = ||rhs - J x||^2 + damp^2 ||x||^2, and rhs - J x = sign*g*c - J d.
     residual = info.normr

@@ -44,25 +44,24 @@ def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> 
         h = _flat(h_leaves, dtype)  # the direction is only read, never written
     pullback = _Pullback(c_graph, leaves)
     tangent = _Tangent(c_graph, leaves, c_of)
-    scratch: list[Any] = []
 
     def matvec(v: Any) -> Any:
         return tangent(views(v, p_leaves)).to(dtype)
 
+    def rmatvec_pieces(u: Any) -> list[Any]:
+        # Leaf by leaf: LSMR's in-place update reads them where autograd left them,
+        # where a gathered copy would cost a pass over N floats and a buffer of N.
+        return [g.reshape(-1).to(dtype) for g in pullback(u.to(c.dtype))]
+
     def rmatvec(u: Any) -> Any:
-        # Gathered into one buffer reused by every call: LSMR consumes J^T u before
-        # its next product, and a fresh parameter-sized array per iteration costs as
-        # much as the VJP itself on a CPU (its pages are faulted in anew).
-        grads = [g.reshape(-1).to(dtype) for g in pullback(u.to(c.dtype))]
-        if not scratch:
-            scratch.append(torch.empty_like(h))
-        return torch.cat(grads, out=scratch[0])
+        return torch.cat(rmatvec_pieces(u))
 
     def unflatten_direction(d: Any) -> Any:
         return rebuild_h(views(d, h_leaves))
 
     return Linearization(xp=array_api_compat.array_namespace(c), dtype=dtype, h=h,
                          c=c.to(dtype), matvec=_no_grad(matvec), rmatvec=_no_grad(rmatvec),
+                         rmatvec_pieces=_no_grad(rmatvec_pieces),
                          unflatten=_no_grad(unflatten_direction), host=_host)
 
 
