@@ -62,26 +62,31 @@ def _pieces_operator(At, sizes):
     """A with ``A^T u`` also given in pieces of ``sizes`` (then the remainder)."""
     cuts = np.cumsum(sizes).tolist()
 
-    def pieces(u):
-        return list(torch.tensor_split(At.T @ u, cuts))
+    AH = At.mH
 
-    return lsqdiff.LinearOperator(At.shape, lambda v: At @ v, lambda u: At.T @ u,
+    def pieces(u):
+        return list(torch.tensor_split(AH @ u, cuts))
+
+    return lsqdiff.LinearOperator(At.shape, lambda v: At @ v, lambda u: AH @ u,
                                   rmatvec_pieces=pieces)
 
 
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 @pytest.mark.parametrize("chunk_floats", [1, 5, 64])
 @pytest.mark.parametrize("sizes", [(), (3, 7), (1, 1, 0, 11)], ids=["whole", "two", "uneven"])
 @pytest.mark.parametrize("name", ["lsmr", "lsqr"])
-def test_sweeps_by_slices_and_pieces_match_block(monkeypatch, chunk_floats, sizes, name):
+def test_sweeps_by_slices_and_pieces_match_block(monkeypatch, chunk_floats, sizes, name,
+                                                 complex_):
     # The in-place updates run slice by slice (here slices of 1, 5 and 64 floats
     # against n = 20 or 30), and read A^T u in the operator's pieces, whose ends
     # fall inside the slices; the iterates must be those of the block path.
     from lsqdiff.backends import torch as torch_backend
 
-    monkeypatch.setattr(torch_backend, "_IN_PLACE", torch_backend._InPlace(8 * chunk_floats))
+    monkeypatch.setattr(torch_backend, "_IN_PLACE",
+                        torch_backend._InPlace(chunk_floats * (16 if complex_ else 8)))
     solve = getattr(lsqdiff, name)
     for shape in ("tall", "wide"):
-        A, b = make_problem(shape, seed=44)
+        A, b = make_problem(shape, seed=44, complex_=complex_)
         At, bt = torch.tensor(A), torch.tensor(b)
         kwargs = dict(atol=0.0, btol=0.0, maxiter=15)
         x, info = solve(_pieces_operator(At, sizes), bt, **kwargs)
