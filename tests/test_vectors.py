@@ -94,6 +94,12 @@ def test_sweeps_by_slices_and_pieces_match_block(monkeypatch, chunk_floats, size
         np.testing.assert_allclose(x.numpy(), X[:, 0].numpy(), rtol=1e-11, atol=1e-13)
         np.testing.assert_allclose(info.normx, float(block.normx[0]), rtol=1e-11)
         np.testing.assert_allclose(info.normar, float(block.normar[0]), rtol=1e-9)
+        np.testing.assert_allclose(info.conda, float(block.conda[0]), rtol=1e-9)
+        if name == "lsqr":  # SciPy's var, updated inside the same group
+            var = [_solve.solve(_lsqr, A_, b_, x0=None, damp=0.0, conlim=1e8, default_maxiter=None,
+                                calc_var=True, **kwargs)[1]["var"]
+                   for A_, b_ in ((_pieces_operator(At, sizes), bt), (At, bt[:, None]))]
+            np.testing.assert_allclose(var[0].numpy(), var[1][:, 0].numpy(), rtol=1e-11)
 
 
 @pytest.mark.parametrize("pieces, error, match", [

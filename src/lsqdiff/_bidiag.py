@@ -60,7 +60,11 @@ def step(op: Operator, u: Any, v: Any, alpha: Any, S: Any, norm: Norm,
         return u, v, alpha, beta
     pieces = V.inplace and op.rmatvec_pieces is not None
     g = op.rmatvec_pieces(u) if pieces else op.rmatvec(u)
-    (v_next,), (alpha_next,) = V.sweep(lambda v, g: (V.xpay(g, -beta, v),), (v, g), norm,
-                                       norms=(0,))
+
+    def next_v(norm: Norm, v: Any, g: Any) -> tuple[tuple[Any], tuple[Any]]:
+        v = V.xpay(g, -beta, v)
+        return (v,), (norm(v),)
+
+    (v_next,), (alpha_next,) = V.sweep(next_v, (v, g), norm)
     v_next = V.scale(S.recip(alpha_next), v_next)
     return u, S.where(going, v_next, v), S.where(going, alpha_next, alpha), beta

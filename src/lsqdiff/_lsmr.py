@@ -63,13 +63,12 @@ def step(p: Problem, st: State) -> State:
     c_x = S.div(zeta, rho * rhobar)
     c_h = S.div(thetanew, rho)
 
-    def directions(h: Any, hbar: Any, x: Any, v: Any) -> tuple[Any, Any, Any]:
+    def directions(norm: Any, h: Any, hbar: Any, x: Any, v: Any) -> tuple[tuple, tuple]:
         hbar = V.xpay(h, -c_hbar, hbar)  # first: it reads the old h
         x = V.axpy(c_x, hbar, x)
-        return V.xpay(v, -c_h, h), hbar, x
+        return (V.xpay(v, -c_h, h), hbar, x), (norm(x),)
 
-    (h, hbar, x), (normx,) = V.sweep(directions, (st["h"], st["hbar"], st["x"], v), p.norm,
-                                     norms=(2,))
+    (h, hbar, x), (normx,) = V.sweep(directions, (st["h"], st["hbar"], st["x"], v), p.norm)
 
     # Estimate ||r|| by applying Qhat, Q and Qtilde to the right-hand side.
     betaacute = chat * st["betadd"]

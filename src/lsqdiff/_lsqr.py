@@ -66,18 +66,23 @@ def step(p: Problem, st: State) -> State:
     phibar = sn * phibar
     tau = sn * phi
 
-    w_old = st["w"]
     c_x, c_w = S.div(phi, rho), S.div(theta, rho)
-    x = V.axpy(c_x, w_old, st["x"])
-    normdk = S.div(p.norm(w_old), S.abs(rho))
-    var = None
-    if "var" in st:
-        dk = w_old * S.div(1.0, rho)
-        var = st["var"] + S.where(active, dk * dk, 0.0)
+
+    def directions(norm: Any, w: Any, x: Any, *rest: Any) -> tuple[tuple, tuple]:
+        *var, v = rest  # SciPy's var, when asked for, then v
+        normw = norm(w)
+        if var:
+            dk = w * S.div(1.0, rho)
+            var = [V.axpy(1.0, S.where(active, dk * dk, 0.0), var[0])]
+        x = V.axpy(c_x, w, x)
+        return (V.xpay(v, -c_w, w), x, *var), (normw,)  # w overwritten last
+
+    var_in = (st["var"],) if "var" in st else ()
+    (w, x, *var), (normw,) = V.sweep(directions, (st["w"], st["x"], *var_in, v), p.norm)
     if "zx" in st:  # the dual: the same updates on the preimages under A^H
         zv = _dual.advance(S, V, st["zv"], u, alpha, beta)
         dual = dict(zv=zv, zx=V.axpy(c_x, st["zw"], st["zx"]), zw=V.xpay(zv, -c_w, st["zw"]))
-    w = V.xpay(v, -c_w, w_old)  # last: it may overwrite w_old
+    normdk = S.div(normw, S.abs(rho))
     ddnorm = st["ddnorm"] + normdk * normdk
 
     delta = st["sn2"] * rho
@@ -107,8 +112,8 @@ def step(p: Problem, st: State) -> State:
         normb=st["normb"], istop=istop, itn=itn,
         normr=normr, r1norm=r1norm, normar=normar, norma=norma, conda=conda, normx=normx,
     )
-    if var is not None:
-        new["var"] = var
+    if var:
+        new["var"] = var[0]
     if "zx" in st:
         new.update(dual)
     return freeze(S, st, new, active, finite)

@@ -51,20 +51,21 @@ class NewArrays:
         return y
 
     @staticmethod
-    def sweep(body: Callable[..., tuple[Any, ...]], vectors: Sequence[Any],
-              norm: Callable[[Any], Any], norms: Sequence[int] = ()
+    def sweep(body: Callable[..., tuple[tuple[Any, ...], tuple[Any, ...]]],
+              vectors: Sequence[Any], norm: Callable[[Any], Any]
               ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        """``body(*vectors)`` and ``norm`` of the outputs numbered in ``norms``.
+        """``body(norm, *vectors)``: a group of updates and the norms they need.
 
         ``body`` combines the vectors with the updates above and returns new
-        values for the leading ones, in their order. An in-place
-        implementation may call it on matching slices of the vectors, one
-        after another, and then returns the leading vectors themselves; it
-        also takes a vector that is not overwritten as a list of consecutive
-        1-D pieces (`lsqdiff.LinearOperator`'s ``rmatvec_pieces``).
+        values for the leading ones, in their order, and the norms it took
+        with ``norm``. An in-place implementation may call it on matching
+        slices of the vectors, one after another, with a norm of its own
+        for the slices, whose norms it then combines; it returns the leading
+        vectors themselves. It also takes a vector that is not overwritten
+        as a list of consecutive 1-D pieces (`lsqdiff.LinearOperator`'s
+        ``rmatvec_pieces``).
         """
-        out = body(*vectors)
-        return out, tuple(norm(out[i]) for i in norms)
+        return body(norm, *vectors)
 
 
 NEW_ARRAYS = NewArrays()
