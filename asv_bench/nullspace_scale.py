@@ -20,10 +20,14 @@ the round, in which every configuration runs back to back (ratios of times
 taken side by side, not lone absolute times, are the point on a shared
 machine, whose memory bandwidth drifts by 10-20% over minutes):
 
-* per LSMR iteration = (step(50) - step(20)) / 30, divided by one VJP of the
-  constraint (the backward pass alone, on a graph already built, the
-  gradients it returns freed inside the timing as LSMR frees its products;
-  the median of three calls in the round) and by its forward + VJP;
+* per LSMR iteration: the median, over the iterations of the maxiter-50
+  step, of the time from one product with J to the next (the benchmark
+  wraps the projection's linearisation to read the clock; the median keeps
+  out the machine's occasional stalls), and, as a check, the mean
+  (step(50) - step(20)) / 30; each divided by one VJP of the constraint (the
+  backward pass alone, on a graph already built, the gradients it returns
+  freed inside the timing as LSMR frees its products; the median of three
+  calls in the round) and by its forward + VJP;
 * constrained step / unconstrained step at maxiter 20 and 50;
 * peak memory: the process's peak RSS (``VmHWM``, Linux) over a constrained
   step ÷ that over an unconstrained step, each configuration in a fresh
@@ -36,6 +40,7 @@ machine, whose memory bandwidth drifts by 10-20% over minutes):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -177,16 +182,49 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+class IterationClock:
+    """Times the LSMR iterations inside `ConstrainedOptimizer` steps: wraps the
+    projection's linearisation so that every product ``J v`` (one per
+    iteration, after one for the right-hand side) reads the clock."""
+
+    def __init__(self, device: str):
+        import lsqdiff.nullspace.torch as constrained
+
+        self.module, self.stamps = constrained, []
+        self.linearize = linearize = constrained.linearize
+
+        def timed(*args, **kwargs):
+            lin = linearize(*args, **kwargs)
+
+            def matvec(v):
+                _sync(device)
+                self.stamps.append(time.perf_counter())
+                return lin.matvec(v)
+
+            return dataclasses.replace(lin, matvec=matvec)
+
+        constrained.linearize = timed
+
+    def close(self) -> None:
+        self.module.linearize = self.linearize
+
+    def iterations(self) -> list:
+        """Seconds of each full iteration since the last reset (the first interval,
+        from the right-hand side's product to the first iteration's, is LSMR's start)."""
+        return [b - a for a, b in zip(self.stamps[1:], self.stamps[2:])]
+
+
 def timings(width: int, device: str, reps: int) -> dict:
     """Median seconds of each configuration over ``reps`` interleaved rounds."""
     setup = build(width, device)
+    clock = IterationClock(device)
     backward, forward_backward = make_vjp(setup)
     configs = {"vjp": backward, "forward+vjp": forward_backward,
                "unconstrained": make_step(setup, None),
                "constrained20": make_step(setup, 20), "constrained50": make_step(setup, 50)}
     for fn in configs.values():  # warm-up (allocates Adam's state)
         fn()
-    times: dict = {name: [] for name in configs}
+    times: dict = {name: [] for name in (*configs, "iteration", "iteration (mean)")}
     ratios: dict = {name: [] for name in RATIOS}
     itn: dict = {}
     for _ in range(reps):
@@ -194,6 +232,7 @@ def timings(width: int, device: str, reps: int) -> dict:
         for name, fn in configs.items():
             calls = []
             for _ in range(3 if name in ("vjp", "forward+vjp") else 1):
+                clock.stamps = []
                 _sync(device)
                 t0 = time.perf_counter()
                 out = fn()
@@ -203,9 +242,14 @@ def timings(width: int, device: str, reps: int) -> dict:
             times[name].append(round_s[name])
             if name.startswith("constrained"):
                 itn[name] = out.last_info.itn
+        iterations = clock.iterations()  # those of the maxiter-50 step, the last one run
+        round_s["iteration"] = statistics.median(iterations)
+        times["iteration"].append(round_s["iteration"])
+        times["iteration (mean)"].append(statistics.mean(iterations))
         round_s["per_iteration"] = (round_s["constrained50"] - round_s["constrained20"]) / 30
         for name, (num, den) in RATIOS.items():
             ratios[name].append(round_s[num] / round_s[den])
+    clock.close()
     med = {name: statistics.median(t) for name, t in times.items()}
     med["per_iteration"] = (med["constrained50"] - med["constrained20"]) / 30
     return {"median_s": med, "all_s": times, "ratios": ratios, "itn": itn,
@@ -214,8 +258,9 @@ def timings(width: int, device: str, reps: int) -> dict:
 
 #: The time ratios reported, each computed within a round: name -> (numerator, denominator).
 RATIOS = {
-    "per LSMR iteration / VJP (backward alone)": ("per_iteration", "vjp"),
-    "per LSMR iteration / forward + VJP": ("per_iteration", "forward+vjp"),
+    "LSMR iteration (median in the step) / VJP (backward alone)": ("iteration", "vjp"),
+    "LSMR iteration (median in the step) / forward + VJP": ("iteration", "forward+vjp"),
+    "(step(50) - step(20)) / 30 / VJP": ("per_iteration", "vjp"),
     "constrained step (maxiter 20) / unconstrained step": ("constrained20", "unconstrained"),
     "constrained step (maxiter 50) / unconstrained step": ("constrained50", "unconstrained"),
 }
@@ -291,7 +336,8 @@ def main(argv=None) -> None:
           f"{t['k']} outputs | medians of {args.reps} interleaved rounds | LSMR iterations "
           f"run: {t['itn']}\n")
     print("| figure | median | range over rounds |\n|---|---:|---:|")
-    for name in ("vjp", "forward+vjp", "unconstrained", "constrained20", "constrained50"):
+    for name in ("vjp", "forward+vjp", "unconstrained", "constrained20", "constrained50",
+                 "iteration", "iteration (mean)"):
         all_s = t["all_s"][name]
         print(f"| time: {name} (s) | {med[name]:.3f} | {min(all_s):.3f}-{max(all_s):.3f} |")
     print(f"| time: per_iteration (s) | {med['per_iteration']:.3f} | |")
