@@ -117,9 +117,10 @@ def make_parts(setup: dict) -> dict:
     """What one LSMR iteration is made of: the projection's two products with J
     (``rmatvec``: a VJP, read leaf by leaf; ``matvec``: reverse over reverse on
     the same graph), ``torch.func.jvp`` for comparison, and one vector update
-    on N floats, allocating and in place; and LSMR itself at 2 and 12
-    iterations, whose difference over 10, less the two products, is the
-    iteration's own vector work."""
+    on N floats, allocating and in place; and 12 iterations of LSMR itself,
+    each timed from one product with J to the next: the median iteration less
+    the two products is the iteration's own vector work. Returns the
+    configurations and the list those iteration times go to."""
     import torch
 
     from lsqdiff.nullspace._core import correction
@@ -141,22 +142,46 @@ def make_parts(setup: dict) -> dict:
     def axpy_():
         return torch.add(v, x, alpha=0.5, out=x)
 
-    def lsmr(maxiter: int):
-        return lambda: correction(lin, gamma=0.1, sign=1.0, normalize_gamma=False, damp=0.0,
-                                  maxiter=maxiter, atol=0.0, btol=0.0)
+    stamps: list = []
+    timed = stamped(lin, setup["x"].device.type, stamps)
+    lsmr_iterations: list = []
+
+    def lsmr():
+        stamps.clear()
+        correction(timed, gamma=0.1, sign=1.0, normalize_gamma=False, damp=0.0, maxiter=12,
+                   atol=0.0, btol=0.0)
+        lsmr_iterations.extend(iteration_times(stamps))
 
     return {"rmatvec (J^T u, leaf by leaf)": lambda: lin.rmatvec_pieces(u),
             "matvec (J v)": lambda: lin.matvec(lin.h),
             "torch.func.jvp": jvp, "x + a v (N floats, new tensor)": axpy,
-            "x = v + a x (in place)": axpy_, "LSMR, 2 iterations": lsmr(2),
-            "LSMR, 12 iterations": lsmr(12)}
+            "x = v + a x (in place)": axpy_, "LSMR, 12 iterations": lsmr}, lsmr_iterations
+
+
+def stamped(lin, device: str, stamps: list):
+    """``lin`` (a `Linearization`) whose every product ``J v`` first appends the
+    time to ``stamps``: LSMR makes one per iteration, after one for its
+    right-hand side."""
+    def matvec(v):
+        _sync(device)
+        stamps.append(time.perf_counter())
+        return lin.matvec(v)
+
+    return dataclasses.replace(lin, matvec=matvec)
+
+
+def iteration_times(stamps: list) -> list:
+    """Seconds of each full LSMR iteration of one projection (the first interval,
+    from the right-hand side's product to the first iteration's, is LSMR's start)."""
+    return [b - a for a, b in zip(stamps[1:], stamps[2:])]
 
 
 def parts(width: int, device: str, reps: int) -> dict:
     """Median seconds of the VJP, the JVP and a vector update, interleaved."""
     setup = build(width, device)
     configs = dict(zip(("vjp", "forward+vjp"), make_vjp(setup)))
-    configs.update(make_parts(setup))
+    more, lsmr_iterations = make_parts(setup)
+    configs.update(more)
     for fn in configs.values():
         fn()
     times: dict = {name: [] for name in configs}
@@ -168,8 +193,8 @@ def parts(width: int, device: str, reps: int) -> dict:
             _sync(device)
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
-    iteration = (med.pop("LSMR, 12 iterations") - med.pop("LSMR, 2 iterations")) / 10
-    med["one LSMR iteration"] = iteration
+    del med["LSMR, 12 iterations"]
+    med["one LSMR iteration (median)"] = iteration = statistics.median(lsmr_iterations)
     med["its vector work (iteration - rmatvec - matvec)"] = (
         iteration - med["rmatvec (J^T u, leaf by leaf)"] - med["matvec (J v)"])
     return med
@@ -184,34 +209,17 @@ def _sync(device: str) -> None:
 
 class IterationClock:
     """Times the LSMR iterations inside `ConstrainedOptimizer` steps: wraps the
-    projection's linearisation so that every product ``J v`` (one per
-    iteration, after one for the right-hand side) reads the clock."""
+    projection's linearisation with `stamped` until `close`."""
 
     def __init__(self, device: str):
         import lsqdiff.nullspace.torch as constrained
 
         self.module, self.stamps = constrained, []
         self.linearize = linearize = constrained.linearize
-
-        def timed(*args, **kwargs):
-            lin = linearize(*args, **kwargs)
-
-            def matvec(v):
-                _sync(device)
-                self.stamps.append(time.perf_counter())
-                return lin.matvec(v)
-
-            return dataclasses.replace(lin, matvec=matvec)
-
-        constrained.linearize = timed
+        constrained.linearize = lambda *a, **k: stamped(linearize(*a, **k), device, self.stamps)
 
     def close(self) -> None:
         self.module.linearize = self.linearize
-
-    def iterations(self) -> list:
-        """Seconds of each full iteration since the last reset (the first interval,
-        from the right-hand side's product to the first iteration's, is LSMR's start)."""
-        return [b - a for a, b in zip(self.stamps[1:], self.stamps[2:])]
 
 
 def timings(width: int, device: str, reps: int) -> dict:
@@ -242,7 +250,7 @@ def timings(width: int, device: str, reps: int) -> dict:
             times[name].append(round_s[name])
             if name.startswith("constrained"):
                 itn[name] = out.last_info.itn
-        iterations = clock.iterations()  # those of the maxiter-50 step, the last one run
+        iterations = iteration_times(clock.stamps)  # of the maxiter-50 step, the last one run
         round_s["iteration"] = statistics.median(iterations)
         times["iteration"].append(round_s["iteration"])
         times["iteration (mean)"].append(statistics.mean(iterations))
