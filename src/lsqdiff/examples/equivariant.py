@@ -21,7 +21,7 @@ import time
 from ._common import METHODS, check_size, format_table, main, new_figure, save_figure
 
 SETTINGS = {
-    "full": dict(width=64, steps=3000, n_train=64, n_col=48, lr=3e-3, maxiter=50),
+    "full": dict(width=64, steps=3000, n_train=64, n_col=48, lr=3e-3, maxiter=200),
     "small": dict(width=32, steps=300, n_train=48, n_col=16, lr=1e-2, maxiter=32),
 }
 NOISE = 0.05
