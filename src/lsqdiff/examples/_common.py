@@ -80,6 +80,18 @@ def new_figure(ncols: int, width: float = 11.0, height: float = 4.2):
     return plt.subplots(1, ncols, figsize=(width, height))
 
 
+def plot_traces(ax: Any, result: dict, title: str, fontsize: int = 10,
+                floor: float = 0.0) -> None:
+    """Each method's constraint residual over the training steps, on a log
+    scale; residuals below ``floor`` (exact zeros) are drawn at ``floor``."""
+    for m in METHODS:
+        steps, res = zip(*result[m]["trace"])
+        ax.semilogy(steps, [max(r, floor) for r in res], label=m)
+    ax.set_xlabel("step")
+    ax.set_title(title, fontsize=fontsize)
+    ax.legend(fontsize=8)
+
+
 def save_figure(fig: Any, path: str) -> None:
     """Write ``fig`` to ``path`` (creating its folder) and close it."""
     import matplotlib.pyplot as plt

@@ -15,8 +15,8 @@ Scored: RMSE against the true gradient field on a grid, and the RMS curl there.
 from __future__ import annotations
 
 
-from ._common import (METHODS, check_size, format_table, main, new_figure, save_figure,
-                      train_full_batch)
+from ._common import (METHODS, check_size, format_table, main, new_figure, plot_traces,
+                      save_figure, train_full_batch)
 
 SETTINGS = {
     "full": dict(width=64, steps=1000, n_train=100, n_col=64, lr=3e-3, maxiter=40),
@@ -159,12 +159,7 @@ def _plot(result: dict, data: dict, path: str) -> None:
         ax.set_aspect("equal")
         ax.set_title(f"{m}: RMSE {result[m]['test_rmse']:.3f}, RMS curl "
                      f"{result[m]['curl_rms']:.1e}", fontsize=9)
-    for m in METHODS:
-        steps, res = zip(*result[m]["trace"])
-        axes[3].semilogy(steps, res, label=m)
-    axes[3].set_xlabel("step")
-    axes[3].set_title("||c|| at the constrained points", fontsize=9)
-    axes[3].legend(fontsize=8)
+    plot_traces(axes[3], result, "||c|| at the constrained points", fontsize=9)
     save_figure(fig, path)
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import time
 
-from ._common import METHODS, check_size, format_table, main, new_figure, save_figure
+from ._common import (METHODS, check_size, format_table, main, new_figure, plot_traces,
+                      save_figure)
 
 SETTINGS = {
     "full": dict(width=64, steps=3000, n_train=64, n_col=48, lr=3e-3, maxiter=200),
@@ -203,12 +204,7 @@ def _plot(result: dict, data: dict, path: str) -> None:
         ax.set_aspect("equal")
         ax.set_title(f"{m}: |f - f*| (test RMSE {result[m]['test_rmse']:.3f})", fontsize=9)
     fig.colorbar(sc, ax=axes[2], fraction=0.046)
-    for m in METHODS:
-        steps, res = zip(*result[m]["trace"])
-        axes[3].semilogy(steps, res, label=m)
-    axes[3].set_xlabel("step")
-    axes[3].set_title("||f(R x) - R f(x)|| on the constrained pairs", fontsize=9)
-    axes[3].legend(fontsize=8)
+    plot_traces(axes[3], result, "||f(R x) - R f(x)|| on the constrained pairs", fontsize=9)
     save_figure(fig, path)
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 
-from ._common import (METHODS, check_size, format_table, main, new_figure, save_figure,
-                      train_full_batch)
+from ._common import (METHODS, check_size, format_table, main, new_figure, plot_traces,
+                      save_figure, train_full_batch)
 
 PERIOD = 2 * math.pi
 SETTINGS = {
@@ -138,17 +138,13 @@ def _plot(result: dict, data: dict, path: str) -> None:
     ax.plot(xt, data["y_test"].reshape(-1).numpy(), "k--", lw=1, label="truth")
     for m in METHODS:
         ax.plot(xt, result[m]["curve"], lw=1.3, label=m)
-        steps, res = zip(*result[m]["trace"])
-        ax2.semilogy(steps, res, label=m)
     ax.plot(data["x"].numpy(), data["y"].numpy(), "k.", ms=4, label="training data")
     ax.axvspan(0, 1.25 * PERIOD, color="0.92", zorder=0)
     ax.set_xlabel("x")
     ax.set_title("fits (grey band: where the training data lie)", fontsize=10)
     ax.legend(fontsize=8)
-    ax2.set_xlabel("step")
+    plot_traces(ax2, result, "constraint residual at the collocation points")
     ax2.set_ylabel("||f(x_j + P) - f(x_j)||")
-    ax2.set_title("constraint residual at the collocation points", fontsize=10)
-    ax2.legend(fontsize=8)
     save_figure(fig, path)
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 
-from ._common import METHODS, check_size, format_table, main, new_figure, save_figure
+from ._common import (METHODS, check_size, format_table, main, new_figure, plot_traces,
+                      save_figure)
 
 SETTINGS = {
     "full": dict(epochs=30, batch=64, lr=2e-3, maxiter=10),
@@ -26,7 +27,6 @@ MU = 1.0  # penalty weight: loss + MU * ||W[mask]||^2
 
 
 def _cnn():
-    import torch
     from torch import nn
 
     return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
@@ -143,14 +143,10 @@ def _plot(result: dict, path: str) -> None:
         w = np.abs(np.asarray(result[m]["masked_weights"]))
         ax.hist(np.log10(np.maximum(w, 1e-12)), bins=60, histtype="step", lw=1.3,
                 label=f"{m} (test acc. {result[m]['test_accuracy']:.3f})")
-        steps, res = zip(*result[m]["trace"])
-        ax2.semilogy(steps, np.maximum(res, 1e-12), label=m)
     ax.set_xlabel("log10 |w| of the masked weights (|w| <= 1e-12, exact zeros included, at -12)")
     ax.set_title("masked weights of fc1 after training", fontsize=10)
     ax.legend(fontsize=8)
-    ax2.set_xlabel("step")
-    ax2.set_title("||W[mask]||", fontsize=10)
-    ax2.legend(fontsize=8)
+    plot_traces(ax2, result, "||W[mask]||", floor=1e-12)
     save_figure(fig, path)
 
 
