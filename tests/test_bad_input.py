@@ -342,6 +342,13 @@ def foreign_scalar(kind, value):
     return to_xp(load_backend(name), np.asarray(value))
 
 
+def load_jax():
+    load_backend("jax.numpy")
+    import jax
+
+    return jax
+
+
 def grad_b(xp, solver, A, b, **kwargs):
     """``x`` and ``d sum(x) / d b`` as NumPy arrays, through the backend's own
     reverse mode (torch ``.backward()``, ``jax.grad``) or `lsqdiff.vjp`."""
@@ -352,11 +359,8 @@ def grad_b(xp, solver, A, b, **kwargs):
         x.sum().backward()
         return to_np(x), to_np(bt.grad)
     if name == "jax":
-        import jax
-
-        x = solver(A, b, **kwargs)[0]
-        g = jax.grad(lambda bb: solver(A, bb, **kwargs)[0].sum())(b)
-        return to_np(x), to_np(g)
+        x, pullback = load_jax().vjp(lambda bb: solver(A, bb, **kwargs)[0], b)
+        return to_np(x), to_np(pullback(xp.ones_like(x))[0])
     (x, _), pullback = lsqdiff.vjp(solver, A, b, **kwargs)
     return to_np(x), to_np(pullback(xp.ones_like(x)).b)
 
@@ -405,7 +409,8 @@ def test_boolean_damp_array_refused(xp, solver, Ab):
 
 
 def test_huge_integer_damp(solver):
-    with pytest.raises(ValueError, match=r"^damp must be finite"):
+    with pytest.raises(ValueError, match=r"^damp must be a float-sized number, got an int of "
+                                         r"401 digits"):
         solver(A_NP, B_NP, damp=10 ** 400)
 
 
@@ -419,7 +424,7 @@ def test_torch_damp_requiring_grad_with_numpy_b(solver):
 
 
 def test_jax_traced_damp_with_torch_b(solver):
-    jax = load_backend("jax.numpy") and __import__("jax")
+    jax = load_jax()
     torch = load_backend("torch")
     A, b = torch.asarray(A_NP), torch.asarray(B_NP)
     with pytest.raises(TypeError, match=r"^damp is a .* that is traced, but b is a torch.Tensor"):
@@ -515,19 +520,25 @@ def test_linear_operator_bad_block_output(xp, solver, which, kind):
     op = lsqdiff.LinearOperator((4, 3), lambda v: A @ v, lambda u: A.T @ u, **blocks)
     error = ValueError if kind == "short" else TypeError
     want = "(4, 2)" if which == "matmat" else "(3, 2)"
-    match = rf"^A: {which} returned " + (rf".*expected {re.escape(want)}" if kind == "short" else "")
+    match = rf"^A: {which} returned "
+    if kind == "short":
+        match += rf".*expected {re.escape(want)}"
     with pytest.raises(error, match=match):
         solver(op, to_xp(xp, np.ones((4, 2))))
 
 
 def test_linear_operator_wrong_length_under_jit(solver):
     """Under jax.jit the check runs at trace time, on the static shapes."""
-    jax = load_backend("jax.numpy") and __import__("jax")
+    jax = load_jax()
     jnp = jax.numpy
     A = jnp.asarray(A_NP)
-    op = lambda A: lsqdiff.LinearOperator((4, 3), lambda v: (A @ v)[:3], lambda u: A.T @ u)  # noqa: E731
+
+    def solve(A, b):
+        return solver(lsqdiff.LinearOperator((4, 3), lambda v: (A @ v)[:3], lambda u: A.T @ u),
+                      b)[0]
+
     with pytest.raises(ValueError, match=r"^A: matvec returned shape \(3,\)"):
-        jax.jit(lambda A, b: solver(op(A), b)[0])(A, jnp.asarray(B_NP))
+        jax.jit(solve)(A, jnp.asarray(B_NP))
 
 
 @pytest.mark.parametrize("out_dtype", ["float32", "float64"])
@@ -584,7 +595,7 @@ def test_linear_operator_dtype_missing_from_framework(solver):
 def test_jax_nonlinear_matvec_with_derived_rmatvec(solver, matvec):
     """jax.linear_transpose of a nonlinear matvec fails inside JAX (AssertionError:
     ValAccum..., missing transpose rules): the error says what is wrong and what to do."""
-    jax = load_backend("jax.numpy") and __import__("jax")
+    jax = load_jax()
     jnp = jax.numpy
     A = jnp.asarray(A_NP)
     f = {"square": lambda v: A @ (v * v), "abs": lambda v: A @ jnp.abs(v),

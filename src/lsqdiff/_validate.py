@@ -7,6 +7,7 @@ from typing import Any
 
 import array_api_compat as aac
 
+from .backends import backend_for
 from .operator import LinearOperator, dtype_name
 
 
@@ -77,11 +78,13 @@ def check_damp(damp: Any, b: Any, xp: Any) -> Any:
 
     A 0-d array stays one only where it must: traced (JAX) or carrying
     derivatives (a torch tensor that requires grad, or a forward-mode dual); it
-    must then come from ``b``'s framework (namespace ``xp``), whose autodiff differentiates
-    it. Any other real 0-d array or array scalar, of any framework, becomes a
-    float (a NumPy scalar to a PyTorch solve, a concrete JAX array to NumPy)."""
+    must then come from ``b``'s framework (namespace ``xp``), whose autodiff
+    differentiates it. Any other real 0-d array or array scalar, of any
+    framework, becomes a float (a NumPy scalar in a PyTorch solve, a concrete
+    JAX array in a NumPy one)."""
     if isinstance(damp, bool) or not (isinstance(damp, numbers.Number) or hasattr(damp, "dtype")):
-        raise TypeError(f"damp must be a real number or a 0-d real array, got {type(damp).__name__}")
+        raise TypeError(f"damp must be a real number or a 0-d real array, got "
+                        f"{type(damp).__name__}")
     if not hasattr(damp, "dtype"):  # a Python number
         if not isinstance(damp, numbers.Real):
             raise TypeError(f"damp must be a real number or a 0-d real array, got "
@@ -98,8 +101,6 @@ def check_damp(damp: Any, b: Any, xp: Any) -> Any:
         raise TypeError(f"damp must be a real number or a 0-d real array, got an array of "
                         f"dtype {damp.dtype}" + (": the damping is real" if ns.isdtype(
                             damp.dtype, "complex floating") else ""))
-    from .backends import backend_for
-
     value = concrete_float(damp)
     if value is not None and not backend_for(ns).carries_derivative(damp):
         return _nonnegative_damp(value)
@@ -121,8 +122,9 @@ def _qualname(value: Any) -> str:
 def _nonnegative_damp(value: Any) -> float:
     try:
         value = float(value)
-    except OverflowError:
-        raise ValueError(f"damp must be finite, got {value}") from None
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"damp must be a float-sized number, got an int of "
+                         f"{len(str(value))} digits") from None
     if not value >= 0:
         raise ValueError(f"damp must be >= 0, got {value}")
     return value

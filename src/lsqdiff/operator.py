@@ -35,7 +35,10 @@ class LinearOperator:
         ``u -> A^H @ u`` (conjugate transpose). When omitted, it is derived
         from ``matvec`` where the framework can do so: by
         ``jax.linear_transpose`` under JAX and by ``torch.func.vjp`` under
-        PyTorch. NumPy, CuPy and other frameworks need it given.
+        PyTorch. NumPy, CuPy and other frameworks need it given. ``matvec``
+        must then be linear: JAX refuses one that is not (a ValueError naming
+        matvec); PyTorch cannot tell, and derives the adjoint of its
+        derivative at 0.
     dtype : dtype or str, optional
         The operator's dtype; defaults to ``b``'s. Give it when a complex
         operator acts on a real ``b``. A dtype of any framework or its name
