@@ -4,11 +4,15 @@ marked as converged."""
 
 from __future__ import annotations
 
+import re
+
+import array_api_compat as aac
 import numpy as np
 import pytest
 
 import lsqdiff
-from conftest import backend_name, info_np, is_jax, load_backend, make_problem, to_np, to_xp
+from conftest import (backend_name, dtype_name, info_np, is_jax, load_backend, make_problem,
+                      to_np, to_xp)
 
 A_NP = np.arange(12.0).reshape(4, 3) + np.eye(4, 3)
 B_NP = np.ones(4)
@@ -317,3 +321,322 @@ def test_nan_from_operator_mid_solve_one_column(xp, solver):
     X = to_np(X)
     assert np.all(np.isfinite(X))
     np.testing.assert_allclose(X[:, 0], np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-8)
+
+
+# --------------------------------------------------------------------------- #
+# damp: any real scalar works, complex is refused, a differentiated damp must
+# come from b's framework
+# --------------------------------------------------------------------------- #
+
+def foreign_scalar(kind, value):
+    """``value`` as a 0-d array or array scalar of some framework (``kind``)."""
+    if kind == "np.float64":
+        return np.float64(value)
+    if kind == "np.float32":
+        return np.float32(value)
+    if kind == "np-0d":
+        return np.asarray(value)
+    if kind == "np.int64":
+        return np.int64(value)
+    name = {"torch-0d": "torch", "jax-0d": "jax.numpy", "strict-0d": "array_api_strict"}[kind]
+    return to_xp(load_backend(name), np.asarray(value))
+
+
+def load_jax():
+    load_backend("jax.numpy")
+    import jax
+
+    return jax
+
+
+def grad_b(xp, solver, A, b, **kwargs):
+    """``x`` and ``d sum(x) / d b`` as NumPy arrays, through the backend's own
+    reverse mode (torch ``.backward()``, ``jax.grad``) or `lsqdiff.vjp`."""
+    name = backend_name(xp)
+    if name == "torch":
+        bt = b.clone().requires_grad_()
+        x, _ = solver(A, bt, **kwargs)
+        x.sum().backward()
+        return to_np(x), to_np(bt.grad)
+    if name == "jax":
+        x, pullback = load_jax().vjp(lambda bb: solver(A, bb, **kwargs)[0], b)
+        return to_np(x), to_np(pullback(xp.ones_like(x))[0])
+    (x, _), pullback = lsqdiff.vjp(solver, A, b, **kwargs)
+    return to_np(x), to_np(pullback(xp.ones_like(x)).b)
+
+
+@pytest.mark.parametrize("kind", ["np.float64", "np.float32", "np-0d", "np.int64", "torch-0d",
+                                  "jax-0d", "strict-0d"])
+@pytest.mark.parametrize("cols", [None, 2], ids=["1d-b", "2d-b"])
+def test_damp_any_real_scalar(xp, solver, kind, cols):
+    """A NumPy scalar or a concrete 0-d array of any framework is a damp like a
+    float, forward and backward (was: 'numpy.float64' object has no attribute
+    'to' from a PyTorch backward, unsupported operand types for jax and torch 0-d
+    arrays, concatenation errors from lsqdiff.vjp)."""
+    A_np, b_np = make_problem("tall", seed=40, k=cols)
+    A, b = to_xp(xp, A_np), to_xp(xp, b_np)
+    damp = foreign_scalar(kind, 2 if kind == "np.int64" else 0.5)
+    want = 2.0 if kind == "np.int64" else 0.5
+    x, g = grad_b(xp, solver, A, b, damp=damp, atol=1e-12, btol=1e-12)
+    x_ref, g_ref = grad_b(xp, solver, A, b, damp=want, atol=1e-12, btol=1e-12)
+    np.testing.assert_allclose(x, x_ref, rtol=1e-6 if kind == "np.float32" else 1e-12, atol=1e-14)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-6 if kind == "np.float32" else 1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["python", "numpy", "xp-0d"])
+def test_complex_damp_refused(xp, solver, Ab, kind):
+    """A complex damp is a TypeError naming damp (was: the imaginary part dropped
+    silently under NumPy and JAX, 'must be real number, not NoneType' elsewhere)."""
+    A, b = Ab
+    damp = {"python": 0.5 + 1j, "numpy": np.complex128(0.5 + 1j),
+            "xp-0d": to_xp(xp, np.asarray(0.5 + 1j))}[kind]
+    with pytest.raises(TypeError, match=r"^damp must be a real number or a 0-d real array.*"
+                                        r"complex.*the damping is real"):
+        solver(A, b, damp=damp)
+
+
+def test_complex_damp_refused_in_complex_solve(xp, solver):
+    A_np, b_np = make_problem("tall", seed=41, complex_=True)
+    with pytest.raises(TypeError, match=r"^damp must be a real number"):
+        solver(to_xp(xp, A_np), to_xp(xp, b_np), damp=np.complex128(0.5))
+
+
+def test_boolean_damp_array_refused(xp, solver, Ab):
+    A, b = Ab
+    with pytest.raises(TypeError, match=r"^damp must be a real number or a 0-d real array, "
+                                        r"got an array of dtype .*bool"):
+        solver(A, b, damp=to_xp(xp, np.asarray(True)))
+
+
+def test_huge_integer_damp(solver):
+    with pytest.raises(ValueError, match=r"^damp must be a float-sized number, got an int of "
+                                         r"401 digits"):
+        solver(A_NP, B_NP, damp=10 ** 400)
+
+
+def test_torch_damp_requiring_grad_with_numpy_b(solver):
+    """A damp whose gradient is wanted cannot be differentiated by a NumPy solve."""
+    torch = load_backend("torch")
+    damp = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(TypeError, match=r"^damp is a torch.Tensor that requires grad, but b is "
+                                        r"a numpy.ndarray"):
+        solver(A_NP, B_NP, damp=damp)
+
+
+def test_jax_traced_damp_with_torch_b(solver):
+    jax = load_jax()
+    torch = load_backend("torch")
+    A, b = torch.asarray(A_NP), torch.asarray(B_NP)
+    with pytest.raises(TypeError, match=r"^damp is a .* that is traced, but b is a torch.Tensor"):
+        jax.grad(lambda d: float(solver(A, b, damp=d)[0].sum()))(0.5)
+
+
+def test_torch_damp_gradient_any_dtype():
+    """A float32 damp that requires grad in a float64 solve: kept a tensor, its
+    gradient in its own dtype, equal to the float64 damp's."""
+    torch = load_backend("torch")
+    A, b = torch.asarray(A_NP), torch.asarray(B_NP)
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        d = torch.tensor(0.5, dtype=dtype, requires_grad=True)
+        lsqdiff.lsmr(A, b, damp=d, atol=1e-12, btol=1e-12)[0].sum().backward()
+        assert d.grad.dtype == dtype
+        grads.append(float(d.grad))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# LinearOperator: what its functions return is checked; dtype given by name
+# --------------------------------------------------------------------------- #
+
+def astype(x, name):
+    """``x`` cast to the dtype ``name`` of its own framework."""
+    xp = aac.array_namespace(x)
+    return xp.astype(x, getattr(xp, name))
+
+
+def bad_output(xp, kind, good):
+    """A product that returns ``kind`` of wrong output instead of ``good(v)``."""
+    def wrong(v):
+        out = good(v)
+        if kind == "short":
+            return out[:-1, ...]
+        if kind == "column":
+            return out[:, None]
+        if kind == "none":
+            return None
+        if kind == "list":
+            return [0.0] * out.shape[0]
+        if kind == "other-framework":
+            return other_framework_array(xp, np.zeros(out.shape))
+        if kind == "complex":
+            return astype(out, "complex128")
+        if kind == "integer":
+            return astype(out, "int64")
+        raise ValueError(kind)
+    return wrong
+
+
+OUTPUT_ERRORS = {
+    "short": (ValueError, r"returned shape \({short},\) for an input of shape \({given},\); "
+                          r"expected \({rows},\)"),
+    "column": (ValueError, r"returned shape \({rows}, 1\) for an input of shape \({given},\); "
+                           r"expected \({rows},\)"),
+    "none": (TypeError, r"returned None for an input of shape \({given},\); expected an array "
+                        r"of b's framework of shape \({rows},\)"),
+    "list": (TypeError, r"returned list for an input .* expected an array of b's framework"),
+    "other-framework": (TypeError, r"returned \S+ for an input .* expected an array of b's "
+                                   r"framework"),
+    "complex": (TypeError, r"returned complex dtype .*complex128 in a real solve of dtype "
+                           r".*float64; give the LinearOperator dtype=complex"),
+    "integer": (TypeError, r"returned dtype .*int64; expected .*float64 \(the solve's dtype\)"),
+}
+
+
+@pytest.mark.parametrize("kind", list(OUTPUT_ERRORS))
+@pytest.mark.parametrize("which", ["matvec", "rmatvec"])
+def test_linear_operator_bad_output(xp, solver, which, kind):
+    """Each product's first output is checked, naming the function, the expected and
+    the actual shape or type (was: a broadcasting error from the solver's updates)."""
+    A = to_xp(xp, A_NP)
+    mv, rmv = (lambda v: A @ v), (lambda u: A.T @ u)
+    if which == "matvec":
+        mv = bad_output(xp, kind, mv)
+    else:
+        rmv = bad_output(xp, kind, rmv)
+    rows, given = (4, 3) if which == "matvec" else (3, 4)
+    error, match = OUTPUT_ERRORS[kind]
+    match = "^A: " + which + " " + match.format(rows=rows, given=given, short=rows - 1)
+    with pytest.raises(error, match=match):
+        solver(lsqdiff.LinearOperator((4, 3), mv, rmv), to_xp(xp, B_NP))
+
+
+@pytest.mark.parametrize("kind", ["short", "none", "other-framework", "complex"])
+@pytest.mark.parametrize("which", ["matmat", "rmatmat"])
+def test_linear_operator_bad_block_output(xp, solver, which, kind):
+    A = to_xp(xp, A_NP)
+    blocks = {"matmat": lambda V: A @ V, "rmatmat": lambda U: A.T @ U}
+    blocks[which] = bad_output(xp, kind, blocks[which])
+    op = lsqdiff.LinearOperator((4, 3), lambda v: A @ v, lambda u: A.T @ u, **blocks)
+    error = ValueError if kind == "short" else TypeError
+    want = "(4, 2)" if which == "matmat" else "(3, 2)"
+    match = rf"^A: {which} returned "
+    if kind == "short":
+        match += rf".*expected {re.escape(want)}"
+    with pytest.raises(error, match=match):
+        solver(op, to_xp(xp, np.ones((4, 2))))
+
+
+def test_linear_operator_wrong_length_under_jit(solver):
+    """Under jax.jit the check runs at trace time, on the static shapes."""
+    jax = load_jax()
+    jnp = jax.numpy
+    A = jnp.asarray(A_NP)
+
+    def solve(A, b):
+        return solver(lsqdiff.LinearOperator((4, 3), lambda v: (A @ v)[:3], lambda u: A.T @ u),
+                      b)[0]
+
+    with pytest.raises(ValueError, match=r"^A: matvec returned shape \(3,\)"):
+        jax.jit(solve)(A, jnp.asarray(B_NP))
+
+
+@pytest.mark.parametrize("out_dtype", ["float32", "float64"])
+def test_linear_operator_other_float_dtype_is_cast(xp, solver, out_dtype):
+    """An output of another floating dtype is cast to the solve's (float32 b with a
+    float64 operator output, and the other way round): x has the solve's dtype."""
+    solve_dtype = "float64" if out_dtype == "float32" else "float32"
+    A = to_xp(xp, A_NP, solve_dtype)
+    op = lsqdiff.LinearOperator((4, 3), lambda v: astype(A @ v, out_dtype),
+                                lambda u: astype(A.T @ u, out_dtype))
+    x, info = solver(op, to_xp(xp, B_NP, solve_dtype), atol=1e-6, btol=1e-6)
+    assert dtype_name(x) == solve_dtype
+    ref = np.linalg.lstsq(A_NP, B_NP, rcond=None)[0]
+    np.testing.assert_allclose(to_np(x), ref, rtol=1e-3)
+
+
+@pytest.mark.parametrize("spelling", ["str", "numpy-type", "numpy-dtype", "python", "torch",
+                                      "strict"])
+def test_linear_operator_dtype_spellings(xp, solver, spelling):
+    """dtype may be any framework's dtype or its name; the solve takes the dtype of
+    that name in b's framework (was, under PyTorch: 'str' object has no attribute
+    'is_floating_point')."""
+    dtype = {"str": lambda: "complex128", "numpy-type": lambda: np.complex128,
+             "numpy-dtype": lambda: np.dtype("complex128"), "python": lambda: complex,
+             "torch": lambda: load_backend("torch").complex128,
+             "strict": lambda: load_backend("array_api_strict").complex128}[spelling]()
+    A = to_xp(xp, A_NP)
+    Ac = to_xp(xp, A_NP.astype(complex))
+    # complex: the operator is complex, b real; the solve runs in complex128.
+    rmatvec = None if backend_name(xp) in ("jax", "torch") else (lambda u: Ac.T @ u)
+    op = lsqdiff.LinearOperator((4, 3), lambda v: Ac @ v, rmatvec, dtype=dtype)
+    x, _ = solver(op, to_xp(xp, B_NP), atol=1e-12, btol=1e-12)
+    assert dtype_name(x) == "complex128"
+    np.testing.assert_allclose(to_np(x), np.linalg.lstsq(A_NP, B_NP, rcond=None)[0], atol=1e-10)
+    del A
+
+
+@pytest.mark.parametrize("dtype", ["floaty", 3, "float"], ids=["unknown-name", "int", "alias"])
+def test_linear_operator_bad_dtype(dtype):
+    with pytest.raises(TypeError, match=r"^dtype must be a dtype of an array framework or the "
+                                        r"name of one"):
+        lsqdiff.LinearOperator((4, 3), lambda v: v, dtype=dtype)
+
+
+def test_linear_operator_dtype_missing_from_framework(solver):
+    op = lsqdiff.LinearOperator(A_NP.shape, lambda v: A_NP @ v, lambda u: A_NP.T @ u,
+                                dtype="bfloat16")
+    with pytest.raises(TypeError, match=r"^A: the LinearOperator's dtype 'bfloat16' has no "
+                                        r"counterpart"):
+        solver(op, B_NP)
+
+
+@pytest.mark.parametrize("matvec", ["square", "abs", "normalised", "quadratic-form"])
+def test_jax_nonlinear_matvec_with_derived_rmatvec(solver, matvec):
+    """jax.linear_transpose of a nonlinear matvec fails inside JAX (AssertionError:
+    ValAccum..., missing transpose rules): the error says what is wrong and what to do."""
+    jax = load_jax()
+    jnp = jax.numpy
+    A = jnp.asarray(A_NP)
+    f = {"square": lambda v: A @ (v * v), "abs": lambda v: A @ jnp.abs(v),
+         "normalised": lambda v: (A @ v) / jnp.linalg.norm(v),
+         "quadratic-form": lambda v: (A @ v) * (v @ v)}[matvec]
+    with pytest.raises(ValueError, match=r"^A: matvec must be linear in v to derive rmatvec "
+                                         r"from it .*; pass rmatvec="):
+        solver(lsqdiff.LinearOperator((4, 3), f), jnp.asarray(B_NP))
+
+
+# --------------------------------------------------------------------------- #
+# compat.scipy and python -m lsqdiff
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("name", ["lsmr", "lsqr"])
+def test_compat_show_with_2d_b(name, capsys):
+    """show=True prints one summary per column (was: unhashable type: 'numpy.ndarray')."""
+    compat = pytest.importorskip("lsqdiff.compat.scipy")
+    f = getattr(compat, name)
+    A, B = make_problem("tall", seed=42, k=2)
+    quiet = f(A, B)
+    shown = f(A, B, show=True)
+    np.testing.assert_array_equal(shown[0], quiet[0])
+    text = capsys.readouterr().out
+    for j in range(2):
+        assert f"{name.upper()} (column {j}) finished" in text
+        assert f"istop ={int(quiet[1][j]):8g}" in text
+    assert text.count(lsqdiff.STOP_MESSAGES[int(quiet[1][0])]) >= 1
+
+
+def test_demo_without_scipy():
+    """python -m lsqdiff without SciPy names the extra to install, without a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy; sys.modules['scipy'] = None; "
+            "runpy.run_module('lsqdiff', run_name='__main__')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 1
+    assert "lsqdiff[scipy]" in done.stderr and "[demo]" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""

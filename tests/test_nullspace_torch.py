@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -329,3 +331,71 @@ def test_constraint_ignoring_parameters():
     for name in params:
         torch.testing.assert_close(d[name], h[name])
     assert info.itn == 0 and info.istop == 0
+
+
+# The grad modes a caller may be in: the projection needs autograd for J v and
+# J^T u, and runs it whatever the mode (inference mode used to make J = 0 and
+# return the direction unprojected, marked converged).
+GRAD_MODES = ["inference_mode", "no_grad", "enable_grad", "inference-tensors-outside",
+              "inference-tensors-inside"]
+
+
+def _in_mode(mode, call):
+    """``call(make)`` in grad mode ``mode``; ``make`` turns a NumPy array into a
+    tensor: an inference tensor for the "inference-tensors" modes, used inside or
+    outside inference mode."""
+    if mode.startswith("inference-tensors"):
+        def make(a):
+            with torch.inference_mode():
+                return torch.tensor(a)
+
+        inside = mode.endswith("inside")
+        with torch.inference_mode() if inside else contextlib.nullcontext():
+            return call(make)
+    with getattr(torch, mode)():
+        return call(torch.tensor)
+
+
+@pytest.mark.parametrize("mode", GRAD_MODES)
+@pytest.mark.parametrize("second_derivative", [True, False], ids=["reverse-over-reverse",
+                                                                  "forward-mode"])
+def test_project_in_any_grad_mode(mode, second_derivative):
+    rng = np.random.default_rng(7)
+    A_np = rng.standard_normal((4, 12))
+    theta_np, h_np, t_np = (rng.standard_normal(12), rng.standard_normal(12),
+                            rng.standard_normal(4))
+    tanh = _TanhOnceDifferentiable.apply if not second_derivative else torch.tanh
+    # The constraint's own constants are normal tensors, as a model's weights would be
+    # (autograd cannot save inference tensors, whatever lsqdiff does).
+    A, t = torch.tensor(A_np), torch.tensor(t_np)
+
+    def call(make):
+        theta, h = make(theta_np), make(h_np)
+        return project(h, lambda p: A @ tanh(p) + 0.5 * (A @ p) - t, theta, gamma=0.4, **TIGHT)
+
+    d, info = _in_mode(mode, call)
+    theta = torch.tensor(theta_np)
+    J = A * (1 - torch.tanh(theta) ** 2) + 0.5 * A
+    c = A @ torch.tanh(theta) + 0.5 * (A @ theta) - t
+    expected = torch.tensor(h_np) - torch.linalg.pinv(J) @ (J @ torch.tensor(h_np) - 0.4 * c)
+    torch.testing.assert_close(d, expected, rtol=1e-9, atol=1e-10)
+    assert info.converged and info.itn > 0
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+@pytest.mark.parametrize("placement", ["update", "gradient"])
+def test_optimizer_step_in_grad_mode(mode, placement):
+    """A step taken under inference mode or no_grad keeps the constraint as one
+    taken with grad enabled does."""
+    results = []
+    for context in (getattr(torch, mode), torch.enable_grad):
+        params, constraint, loss = linear_problem(seed=8)
+        opt = ConstrainedOptimizer(torch.optim.SGD(params, lr=0.05), constraint,
+                                   placement=placement, gamma=0.0, **TIGHT)
+        opt.zero_grad()
+        loss().backward()
+        with context():
+            opt.step()
+        assert opt.last_info.converged and opt.last_info.itn > 0
+        results.append(torch.cat([p.detach().reshape(-1) for p in params]))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)

@@ -90,8 +90,8 @@ def _backends() -> list[tuple[str, Callable[[np.ndarray], Any], Callable[[Any], 
 
 def run() -> list[dict[str, Any]]:
     """Solve the gridding problem on each backend; returns one row per backend."""
+    scipy_lsmr = _scipy_lsmr()
     A, b, truth = gridding_problem()
-    from scipy.sparse.linalg import lsmr as scipy_lsmr
 
     kw = dict(damp=DAMP, atol=1e-8, btol=1e-8, maxiter=2000)
     scipy_lsmr(A, b, **kw)  # warm-up, as for every backend below
@@ -115,12 +115,26 @@ def run() -> list[dict[str, Any]]:
     return rows
 
 
+def _scipy_lsmr() -> Callable[..., Any]:
+    """SciPy's ``lsmr``, the demo's reference, or an error that says what to install."""
+    try:
+        from scipy.sparse.linalg import lsmr as scipy_lsmr
+    except ImportError as err:
+        raise SystemExit(
+            "python -m lsqdiff compares lsqdiff with SciPy's lsmr, and SciPy is not installed "
+            f"({err}). Install it with pip install 'lsqdiff[scipy]' (or 'lsqdiff[demo]' for "
+            "every backend the demo can compare; pip install -e '.[demo]' from a checkout)."
+        ) from err
+    return scipy_lsmr
+
+
 def _device_name(x: Any) -> str:
     device = str(getattr(x, "device", "cpu")).lower()
     return "cuda" if ("cuda" in device or "gpu" in device) else "cpu"
 
 
 def main() -> None:
+    _scipy_lsmr()  # before anything is printed
     print(__doc__.split("\n\n")[1].replace("\n", " ").replace("penalty,", "penalty."))
     rows = run()
     header = f"{'backend':<18} {'device':<8} {'dtype':<8} {'iters':>6} {'||r||':>10} {'time':>9} {'max|x - scipy|':>15} {'max|x - truth|':>15}"

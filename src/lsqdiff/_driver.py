@@ -68,10 +68,9 @@ def as_operator(A: Any, xp: Any, backend: Backend, dtype: Any, device: Any) -> O
     if isinstance(A, Operator):
         return A
     if _validate.is_operator(A):
-        rmatvec = A.rmatvec
-        if rmatvec is None:
-            rmatvec = backend.derive_rmatvec(A, dtype, device)
-        return function_operator(A, rmatvec, xp, backend.lift)
+        return function_operator(
+            A, xp, dtype, lambda matvec: backend.derive_rmatvec(matvec, A.shape, dtype, device),
+            backend.lift)
     if backend.is_sparse(A):
         return backend.sparse_operator(A)
     return backend.dense_operator(xp.astype(A, dtype, copy=False))

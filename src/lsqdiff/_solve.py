@@ -59,7 +59,8 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
     """Check the inputs of a solve with ``method`` (``_lsmr`` or ``_lsqr``)."""
     xp = _validate.namespace_of_b(b)
     backend = backend_for(xp)
-    _validate.check_options(damp, atol, btol, conlim, maxiter)
+    _validate.check_options(atol, btol, conlim, maxiter)
+    damp = _validate.check_damp(damp, b, xp)
     for name, tol in (("grad_atol", grad_atol), ("grad_btol", grad_btol)):
         if tol is not None:
             _validate.check_tolerance(name, tol)
@@ -167,7 +168,7 @@ def make_info(state: dict[str, Any], backend: Backend) -> SolveInfo:
 def _inspect_operator(A: Any, b: Any, xp: Any, backend: Backend) -> tuple[Any, tuple[int, ...]]:
     """The operator's dtype (None: take b's) and shape, after checking its type."""
     if _validate.is_operator(A):
-        return A.dtype, A.shape
+        return _validate.operator_dtype(A, xp), A.shape
     if backend.is_sparse(A):
         return getattr(A, "dtype", None), tuple(A.shape)
     _validate.check_same_framework("A", A, b, xp)

@@ -7,7 +7,8 @@ from typing import Any
 
 import array_api_compat as aac
 
-from .operator import LinearOperator
+from .backends import backend_for
+from .operator import LinearOperator, dtype_name
 
 
 def namespace_of_b(b: Any) -> Any:
@@ -62,7 +63,7 @@ def check_shapes(shape_A: tuple[int, ...], b: Any, x0: Any) -> None:
                              f"{tuple(b.shape)}, got {tuple(x0.shape)}")
 
 
-def check_options(damp: Any, atol: Any, btol: Any, conlim: Any, maxiter: Any) -> None:
+def check_options(atol: Any, btol: Any, conlim: Any, maxiter: Any) -> None:
     for name, value in (("atol", atol), ("btol", btol), ("conlim", conlim)):
         check_tolerance(name, value)
     if maxiter is not None:
@@ -70,18 +71,63 @@ def check_options(damp: Any, atol: Any, btol: Any, conlim: Any, maxiter: Any) ->
             raise TypeError(f"maxiter must be a non-negative int or None, got {type(maxiter).__name__}")
         if maxiter < 0:
             raise ValueError(f"maxiter must be >= 0, got {maxiter}")
-    if isinstance(damp, bool) or not (isinstance(damp, numbers.Real) or hasattr(damp, "dtype")):
-        raise TypeError(f"damp must be a real number or a 0-d real array, got {type(damp).__name__}")
-    if hasattr(damp, "dtype"):
-        if getattr(damp, "ndim", 0) != 0:
-            raise ValueError(f"damp must be a scalar, got an array of shape {tuple(damp.shape)}")
-        value = concrete_float(damp)
-        if value is None:  # a traced value: its sign cannot be checked here
-            return
-    else:
-        value = damp
+
+
+def check_damp(damp: Any, b: Any, xp: Any) -> Any:
+    """``damp`` checked and, where it is concrete, as a Python float.
+
+    A 0-d array stays one only where it must: traced (JAX) or carrying
+    derivatives (a torch tensor that requires grad, or a forward-mode dual); it
+    must then come from ``b``'s framework (namespace ``xp``), whose autodiff
+    differentiates it. Any other real 0-d array or array scalar, of any
+    framework, becomes a float (a NumPy scalar in a PyTorch solve, a concrete
+    JAX array in a NumPy one)."""
+    if isinstance(damp, bool) or not (isinstance(damp, numbers.Number) or hasattr(damp, "dtype")):
+        raise TypeError(f"damp must be a real number or a 0-d real array, got "
+                        f"{type(damp).__name__}")
+    if not hasattr(damp, "dtype"):  # a Python number
+        if not isinstance(damp, numbers.Real):
+            raise TypeError(f"damp must be a real number or a 0-d real array, got "
+                            f"{type(damp).__name__} {damp!r}: the damping is real")
+        return _nonnegative_damp(damp)
+    if getattr(damp, "ndim", 0) != 0:
+        raise ValueError(f"damp must be a scalar, got an array of shape {tuple(damp.shape)}")
+    try:
+        ns = aac.array_namespace(damp)
+    except TypeError:
+        raise TypeError(f"damp must be a real number or a 0-d real array, got "
+                        f"{type(damp).__name__}") from None
+    if not ns.isdtype(damp.dtype, ("real floating", "integral")):
+        raise TypeError(f"damp must be a real number or a 0-d real array, got an array of "
+                        f"dtype {damp.dtype}" + (": the damping is real" if ns.isdtype(
+                            damp.dtype, "complex floating") else ""))
+    value = concrete_float(damp)
+    if value is not None and not backend_for(ns).carries_derivative(damp):
+        return _nonnegative_damp(value)
+    if ns is not xp:
+        what = "is traced" if value is None else "requires grad"
+        raise TypeError(
+            f"damp is a {_qualname(damp)} that {what}, but b is a {_qualname(b)}: a solve "
+            "differentiates damp only in b's framework; pass A and b from damp's framework, "
+            "or damp as a Python float")
+    if value is not None:
+        _nonnegative_damp(value)
+    return damp
+
+
+def _qualname(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__name__}"
+
+
+def _nonnegative_damp(value: Any) -> float:
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"damp must be a float-sized number, got an int of "
+                         f"{len(str(value))} digits") from None
     if not value >= 0:
         raise ValueError(f"damp must be >= 0, got {value}")
+    return value
 
 
 def check_iteration_limit(name: str, value: Any) -> None:
@@ -109,6 +155,17 @@ def concrete_float(value: Any) -> float | None:
         return float(value)
     except Exception:
         return None
+
+
+def operator_dtype(A: LinearOperator, xp: Any) -> Any:
+    """A LinearOperator's dtype (None: b's) as a dtype of ``b``'s namespace ``xp``."""
+    if A.dtype is None:
+        return None
+    dtype = getattr(xp, dtype_name(A.dtype), None)
+    if dtype is None:
+        raise TypeError(f"A: the LinearOperator's dtype {A.dtype!r} has no counterpart "
+                        f"{dtype_name(A.dtype)!r} in b's framework")
+    return dtype
 
 
 def is_operator(A: Any) -> bool:

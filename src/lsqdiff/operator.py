@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat as aac
+
 Array = Any
 MatVec = Callable[[Array], Array]
 
@@ -24,15 +26,24 @@ class LinearOperator:
     shape : tuple of int
         ``(m, n)``: ``matvec`` maps length-``n`` vectors to length-``m`` vectors.
     matvec : callable
-        ``v -> A @ v`` for a 1-D array ``v`` of the solve's framework.
+        ``v -> A @ v`` for a 1-D array ``v`` of the solve's framework. It must
+        return an array of that framework of shape ``(m,)``, checked on the
+        first product of each solve; an output of another floating dtype is
+        cast to the solve's (a complex output for a real solve is an error:
+        give ``dtype``). Likewise ``rmatvec``, ``matmat`` and ``rmatmat``.
     rmatvec : callable, optional
         ``u -> A^H @ u`` (conjugate transpose). When omitted, it is derived
         from ``matvec`` where the framework can do so: by
         ``jax.linear_transpose`` under JAX and by ``torch.func.vjp`` under
-        PyTorch. NumPy, CuPy and other frameworks need it given.
-    dtype : dtype, optional
+        PyTorch. NumPy, CuPy and other frameworks need it given. ``matvec``
+        must then be linear: JAX refuses one that is not (a ValueError naming
+        matvec); PyTorch cannot tell, and derives the adjoint of its
+        derivative at 0.
+    dtype : dtype or str, optional
         The operator's dtype; defaults to ``b``'s. Give it when a complex
-        operator acts on a real ``b``.
+        operator acts on a real ``b``. A dtype of any framework or its name
+        (``"float64"``, ``np.complex128``, ``torch.float32``, ``float``): the
+        solve takes the dtype of that name in ``b``'s framework.
     matmat, rmatmat : callable, optional
         Block versions ``V -> A @ V`` and ``U -> A^H @ U`` for 2-D inputs of
         shape ``(n, k)`` and ``(m, k)``. Used for 2-D ``b``; otherwise columns
@@ -77,6 +88,10 @@ class LinearOperator:
             raise ValueError(f"shape must be a pair of integers (m, n), got {shape!r}") from None
         if m < 0 or n < 0:
             raise ValueError(f"shape must be non-negative, got {shape!r}")
+        if dtype is not None and dtype_name(dtype) is None:
+            raise TypeError(f"dtype must be a dtype of an array framework or the name of one "
+                            f"('float32', 'float64', 'complex64', 'complex128', ...), got "
+                            f"{dtype!r}")
         for name, f in (("matvec", matvec), ("rmatvec", rmatvec),
                         ("matmat", matmat), ("rmatmat", rmatmat),
                         ("rmatvec_pieces", rmatvec_pieces)):
@@ -124,14 +139,87 @@ def columnwise(vec: MatVec, xp: Any) -> MatVec:
     return apply
 
 
-def function_operator(
-    op: LinearOperator, rmatvec: MatVec, xp: Any, lift: Callable[[MatVec, Any], MatVec] = columnwise
-) -> Operator:
-    """Products with a `LinearOperator`, blocks via ``matmat`` or ``lift``."""
+def function_operator(op: LinearOperator, xp: Any, dtype: Any,
+                      derive: Callable[[MatVec], MatVec],
+                      lift: Callable[[MatVec, Any], MatVec] = columnwise) -> Operator:
+    """Products with a `LinearOperator` in a solve of ``dtype``: the user's
+    functions checked (`checked`), ``rmatvec`` derived from ``matvec`` by
+    ``derive`` where not given, blocks via ``matmat`` or ``lift``."""
+    m, n = op.shape
+
+    def check(name: str, f: MatVec | None, rows: int) -> MatVec | None:
+        return None if f is None else checked(name, f, rows, xp, dtype)
+
+    matvec = check("matvec", op.matvec, m)
+    rmatvec = check("rmatvec", op.rmatvec, n) or derive(matvec)
 
     def pick(vec: MatVec, mat: MatVec | None) -> MatVec:
         block = mat if mat is not None else lift(vec, xp)
         return lambda V: vec(V) if V.ndim == 1 else block(V)
 
-    return Operator(op.shape, pick(op.matvec, op.matmat), pick(rmatvec, op.rmatmat),
-                    op.rmatvec_pieces)
+    return Operator(op.shape, pick(matvec, check("matmat", op.matmat, m)),
+                    pick(rmatvec, check("rmatmat", op.rmatmat, n)), op.rmatvec_pieces)
+
+
+def checked(name: str, f: MatVec, rows: int, xp: Any, dtype: Any) -> MatVec:
+    """``f`` with its first output checked: an array of namespace ``xp`` with
+    ``rows`` rows and the input's columns. Its outputs of another real or complex
+    floating dtype are cast to ``dtype``, except complex ones for a real ``dtype``
+    (their imaginary part would be lost). Later outputs are only cast: a product
+    keeps its shape and type from one call to the next (under JAX the one traced
+    call is checked)."""
+    first = True
+
+    def product(v: Array) -> Array:
+        nonlocal first
+        out = f(v)
+        if first:
+            _check_output(name, out, (rows,) + tuple(v.shape[1:]), tuple(v.shape), xp, dtype)
+            first = False
+        return out if out.dtype == dtype else xp.astype(out, dtype)
+
+    return product
+
+
+def _check_output(name: str, out: Any, want: tuple[int, ...], given: tuple[int, ...], xp: Any,
+                  dtype: Any) -> None:
+    try:
+        ours = out is not None and aac.array_namespace(out) is xp
+    except TypeError:
+        ours = False
+    if not ours:
+        module = type(out).__module__
+        kind = "None" if out is None else type(out).__name__ if module == "builtins" else \
+            f"{module}.{type(out).__name__}"
+        raise TypeError(f"A: {name} returned {kind} for an input of shape {given}; expected an "
+                        f"array of b's framework of shape {want}")
+    if tuple(out.shape) != want:
+        raise ValueError(f"A: {name} returned shape {tuple(out.shape)} for an input of shape "
+                         f"{given}; expected {want}")
+    if out.dtype == dtype:
+        return
+    if not xp.isdtype(out.dtype, ("real floating", "complex floating")):
+        raise TypeError(f"A: {name} returned dtype {out.dtype}; expected {dtype} (the solve's "
+                        "dtype) or another floating dtype")
+    if xp.isdtype(out.dtype, "complex floating") and not xp.isdtype(dtype, "complex floating"):
+        raise TypeError(f"A: {name} returned complex dtype {out.dtype} in a real solve of dtype "
+                        f"{dtype}; give the LinearOperator dtype=complex for a complex operator")
+
+
+#: Dtype names a `LinearOperator` accepts: the array API's, float16 and bfloat16.
+DTYPE_NAMES = frozenset(
+    ["bool", "float16", "bfloat16", "float32", "float64", "complex64", "complex128"]
+    + [f"{u}int{bits}" for u in ("", "u") for bits in (8, 16, 32, 64)])
+
+
+def dtype_name(dtype: Any) -> str | None:
+    """The name of a dtype of any framework, or of a dtype name ('float64' for
+    ``np.float64``, ``torch.float64`` and ``float``); None if it is no dtype."""
+    if dtype is float or dtype is complex:
+        return "float64" if dtype is float else "complex128"
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
+        name = str(name).rsplit(".", 1)[-1]
+    return name if name in DTYPE_NAMES else None

@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from .._vectors import NEW_ARRAYS
-from ..operator import LinearOperator, MatVec, Operator, columnwise, dense_operator
+from ..operator import MatVec, Operator, columnwise, dense_operator
 
 if TYPE_CHECKING:
     from .._solve import Prepared
@@ -69,6 +69,11 @@ class Backend:
         """``fn`` compiled once per ``key`` (its static settings); eager backends run it as is."""
         return fn
 
+    def carries_derivative(self, value: Any) -> bool:
+        """Whether a concrete 0-d array of this framework carries derivatives, so
+        that a solve must keep it an array (`lsqdiff._validate.check_damp`)."""
+        return False
+
     # -- norms -----------------------------------------------------------------
     def host_norm(self, v: Any) -> float:
         """``||v||`` of a vector as a Python float."""
@@ -89,7 +94,9 @@ class Backend:
     def sparse_operator(self, A: Any) -> Operator:
         raise NotImplementedError
 
-    def derive_rmatvec(self, op: LinearOperator, dtype: Any, device: Any) -> MatVec:
+    def derive_rmatvec(self, matvec: MatVec, shape: tuple[int, int], dtype: Any,
+                       device: Any) -> MatVec:
+        """``u -> A^H u`` for a LinearOperator given only ``matvec``."""
         raise TypeError(
             f"A: a LinearOperator needs an rmatvec under {self.name}, which cannot "
             "derive one from matvec; pass rmatvec=lambda u: A^H @ u"

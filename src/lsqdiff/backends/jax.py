@@ -135,9 +135,11 @@ class JaxBackend(Backend):
         # A^H u = conj(A^T conj(u)); conj is free for real dtypes.
         return Operator(tuple(A.shape), lambda v: A @ v, lambda u: jnp.conj(AT @ jnp.conj(u)))
 
-    def derive_rmatvec(self, op: LinearOperator, dtype: Any, device: Any) -> MatVec:
-        transpose = jax.linear_transpose(op.matvec, jax.ShapeDtypeStruct((op.shape[1],), dtype))
-        return lambda u: jnp.conj(transpose(jnp.conj(u))[0])
+    def derive_rmatvec(self, matvec: MatVec, shape: tuple[int, int], dtype: Any,
+                       device: Any) -> MatVec:
+        transpose = _nonlinear_as_error(
+            jax.linear_transpose, matvec, jax.ShapeDtypeStruct((shape[1],), dtype))
+        return lambda u: jnp.conj(_nonlinear_as_error(transpose, jnp.conj(u))[0])
 
     def lift(self, vec: MatVec, xp: Any) -> MatVec:
         return jax.vmap(vec, in_axes=1, out_axes=1)
@@ -152,6 +154,19 @@ class JaxBackend(Backend):
         except Exception:  # a tracer, or an array spread over several devices
             platform = jax.default_backend()
         return platform == "cpu"
+
+
+def _nonlinear_as_error(f: Callable[..., Any], *args: Any) -> Any:
+    """``f(*args)`` where ``f`` transposes ``matvec``: JAX's errors for a matvec
+    that is not linear (internal assertions, missing transpose rules) become one
+    that says so."""
+    try:
+        return f(*args)
+    except (AssertionError, NotImplementedError, RuntimeError) as err:
+        raise ValueError(
+            "A: matvec must be linear in v to derive rmatvec from it (jax.linear_transpose "
+            f"failed: {type(err).__name__}: {str(err)[:200] or 'no message'}); pass "
+            "rmatvec=lambda u: A^H @ u") from err
 
 
 def _operator_arguments(A: Any, p: Prepared) -> tuple[Any, Callable[[Any], Any]]:

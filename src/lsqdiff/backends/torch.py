@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 
 from .._vectors import NEW_ARRAYS, NewArrays
@@ -37,6 +38,11 @@ class TorchBackend(Backend):
         x = _Solve.apply(p, box, b, x0, damp, *params)
         return {**box.state, "x": x}
 
+    def carries_derivative(self, value: Any) -> bool:
+        # requires_grad covers torch.func.grad's wrappers; a forward-mode dual
+        # (torch.func.jvp, forward_ad) does not require grad but has a tangent.
+        return value.requires_grad or forward_ad.unpack_dual(value).tangent is not None
+
     def vector_ops(self, batched: bool) -> Any:
         return NEW_ARRAYS if batched else _IN_PLACE
 
@@ -58,10 +64,11 @@ class TorchBackend(Backend):
             AH = AH.conj_physical()
         return Operator(tuple(A.shape), lambda v: A @ v, lambda u: AH @ u)
 
-    def derive_rmatvec(self, op: LinearOperator, dtype: Any, device: Any) -> MatVec:
+    def derive_rmatvec(self, matvec: MatVec, shape: tuple[int, int], dtype: Any,
+                       device: Any) -> MatVec:
         # The VJP of a linear map at any point is its adjoint; PyTorch's convention
         # for complex inputs already gives the conjugate transpose A^H u.
-        _, pullback = torch.func.vjp(op.matvec, torch.zeros(op.shape[1], dtype=dtype, device=device))
+        _, pullback = torch.func.vjp(matvec, torch.zeros(shape[1], dtype=dtype, device=device))
         return lambda u: pullback(u)[0]
 
     def to_host(self, value: Any) -> Any:

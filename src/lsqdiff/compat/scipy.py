@@ -12,7 +12,8 @@ Differences from SciPy (both documented stop codes): a NaN or Inf stops with
 ``istop = 8``, and ``maxiter = 0`` (``iter_lim = 0``) reports ``istop = 7``.
 ``b = 0`` with ``x0`` solves the warm-started problem (SciPy returns zeros from
 ``lsmr`` and one step from ``lsqr``).
-``show=True`` prints the problem and the final summary, not every iteration.
+``show=True`` prints the problem and the final summary, not every iteration
+(one summary per column for a 2-D ``b``, which SciPy does not accept).
 """
 
 from __future__ import annotations
@@ -121,9 +122,18 @@ def _print_header(name: str, A: Any, damp: float, atol: float, btol: float, conl
 
 
 def _print_summary(name: str, values: tuple[Any, ...]) -> None:
+    """SciPy's closing summary; one per column for a 2-D ``b`` (an lsqdiff extension)."""
+    if np.ndim(values[0]) == 0:
+        _print_column(name, values)
+        return
+    for j in range(np.shape(values[0])[0]):
+        _print_column(f"{name} (column {j})", tuple(np.asarray(v)[j] for v in values))
+
+
+def _print_column(name: str, values: tuple[Any, ...]) -> None:
     istop, itn, normr, normar, norma, conda, normx = values
     print(f"\n{name} finished")
-    print(STOP_MESSAGES[istop])
+    print(STOP_MESSAGES[int(istop)])
     print(f"istop ={istop:8g}    normr ={normr:8.1e}")
     print(f"    normA ={norma:8.1e}    normAr ={normar:8.1e}")
     print(f"itn   ={itn:8g}    condA ={conda:8.1e}")

@@ -14,7 +14,16 @@ from ._core import Linearization
 
 
 def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> Linearization:
-    """``J`` of ``constraint`` at ``params`` as JVP/VJP closures, ``direction`` flattened."""
+    """``J`` of ``constraint`` at ``params`` as JVP/VJP closures, ``direction`` flattened.
+
+    Under ``torch.inference_mode()`` too: ``J``'s products need autograd, which
+    inference mode turns off and ``torch.enable_grad`` does not turn back on, so
+    the graph is built, and the products run, outside it."""
+    with torch.inference_mode(False):
+        return _linearize(constraint, params, direction)
+
+
+def _linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> Linearization:
     p_leaves, rebuild = _leaves(params, "params")
     h_leaves, rebuild_h = _leaves(direction, "direction")
     _check_match(params, direction, p_leaves, h_leaves)
@@ -35,7 +44,9 @@ def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> 
     # that are leaves of a graph of their own: none reaches the caller's tensors),
     # never at a flat copy. Its graph is built once, whatever the caller's grad
     # mode, and every product with J^T reuses it.
-    leaves = tuple(t.detach().requires_grad_() for t in p_leaves)
+    # An inference tensor cannot join a graph: a copy of it can.
+    leaves = tuple((t.clone() if t.is_inference() else t.detach()).requires_grad_()
+                   for t in p_leaves)
     with torch.enable_grad():
         c_graph = c_of(*leaves)
     c = c_graph.detach()
@@ -60,8 +71,8 @@ def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> 
         return rebuild_h(views(d, h_leaves))
 
     return Linearization(xp=array_api_compat.array_namespace(c), dtype=dtype, h=h,
-                         c=c.to(dtype), matvec=_no_grad(matvec), rmatvec=_no_grad(rmatvec),
-                         rmatvec_pieces=_no_grad(rmatvec_pieces),
+                         c=c.to(dtype), matvec=_product(matvec), rmatvec=_product(rmatvec),
+                         rmatvec_pieces=_product(rmatvec_pieces),
                          unflatten=_no_grad(unflatten_direction), host=_host)
 
 
@@ -241,6 +252,15 @@ def _widest(leaves: list[Any]) -> Any:
 def _no_grad(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapped(*args: Any) -> Any:
         with torch.no_grad():
+            return fn(*args)
+    return wrapped
+
+
+def _product(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A product with ``J`` or ``J^T``: through the constraint's graph, so outside
+    inference mode whatever the caller's mode (it records nothing)."""
+    def wrapped(*args: Any) -> Any:
+        with torch.inference_mode(False), torch.no_grad():
             return fn(*args)
     return wrapped
 
