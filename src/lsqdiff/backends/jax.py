@@ -145,6 +145,11 @@ class JaxBackend(Backend):
     def to_host(self, value: Any) -> Any:
         return value  # may be a tracer: results stay JAX arrays
 
+    def report(self, state: State) -> None:
+        # Traced: the diagnostics exist only when the computation runs, also under jit.
+        keys = ("istop", "itn", "normr", "normar", "norma", "conda", "normx")
+        jax.debug.callback(_HOST.report, {k: state[k] for k in keys})
+
     def on_cpu(self, a: Any) -> bool:
         # A tracer has no device; under jit it runs on the default backend.
         try:
@@ -152,6 +157,10 @@ class JaxBackend(Backend):
         except Exception:  # a tracer, or an array spread over several devices
             platform = jax.default_backend()
         return platform == "cpu"
+
+
+#: Reports the NumPy values a host callback receives.
+_HOST = Backend(np)
 
 
 def _operator_arguments(A: Any, p: Prepared) -> tuple[Any, Callable[[Any], Any]]:

@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from .._vectors import NEW_ARRAYS, NewArrays
 from ..operator import LinearOperator, MatVec, Operator
@@ -39,6 +41,10 @@ class TorchBackend(Backend):
 
     def vector_ops(self, batched: bool) -> Any:
         return NEW_ARRAYS if batched else _IN_PLACE
+
+    def internal_solver(self) -> Callable[..., tuple[Any, State]] | None:
+        params = _ROUTE.get()
+        return None if params is None else functools.partial(_internal_solve, params)
 
     def host_norm(self, v: Any) -> float:
         return float(torch.linalg.vector_norm(v))
@@ -230,8 +236,7 @@ class _Solve(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx: Any, _p: Any, _box: Any, db: Any, dx0: Any, ddamp: Any, *dparams: Any) -> Any:
-        b, x0, x = (None if t is None else t.detach() for t in ctx.saved_tensors[:3])
-        params = ctx.saved_tensors[3:]
+        b, x0, x, *params = ctx.saved_tensors
         p, damp = ctx.p, ctx.damp
         A = _operator_input(p, params)
         if all(t is None for t in dparams):
@@ -240,43 +245,126 @@ class _Solve(torch.autograd.Function):
             dA = p.operator(dparams[0])  # the products are linear in A
         else:
             dA = _function_tangent(p, A, params, dparams)
-        if isinstance(damp, torch.Tensor):
-            damp = damp.detach()
-        with torch.no_grad():
-            x_dot = _unbatched("tangent", p.tangent, A, b, x0, damp, x, ctx.y, dA, db, dx0, ddamp)
+        # The tangent's solves are calls of this Function (see _routed): under
+        # torch.func.vmap (jacfwd) their batched right-hand sides become columns.
+        graph = _graph_wanted(b, x0, x, damp, *params)
+        with _routed(params, damp):
+            x_dot = p.tangent(A, b, x0, damp, x, None if graph else ctx.y, dA, db, dx0, ddamp)
         return x_dot.to(x.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, x_bar: Any) -> tuple[Any, ...]:
-        # Detached: the gradient's terms must not lead autograd back into this node.
-        b, x0, x = (None if t is None else t.detach() for t in ctx.saved_tensors[:3])
-        params = ctx.saved_tensors[3:]
+        b, x0, x, *params = ctx.saved_tensors
         p, damp = ctx.p, ctx.damp
-        A = _operator_input(p, [t.detach() for t in params])
-        cot = _unbatched("gradient", p.backward, A, b, x0, damp, x, x_bar, ctx.y)
-        needs = ctx.needs_input_grad
-        if isinstance(A, torch.Tensor):
-            param_grads = [_operator_grad(p, cot, A) if needs[5] else None]
-        else:
-            param_grads = _function_grads(p, cot, A, params, needs[5:])
-        return (None, None, _like(cot.b, b) if needs[2] else None,
-                _like(cot.x0, x0) if needs[3] else None,
-                _like(cot.damp, damp) if needs[4] else None, *param_grads)
+        if not torch.is_grad_enabled():
+            return _first_order(ctx, x_bar)
+        A = _operator_input(p, params)
+        if isinstance(A, torch.Tensor) and A.layout != torch.strided:
+            with torch.no_grad():
+                grads = _first_order(ctx, x_bar)
+            return _once(grads, "second derivatives (create_graph=True, torch.func.grad) of an "
+                                "lsqdiff solve with a sparse torch A are not supported; wrap "
+                                "the products in an lsqdiff.LinearOperator with params=A "
+                                "instead, or differentiate once")
+        # A graph is being built (create_graph=True, torch.func): the backward's
+        # solves are calls of this Function on operators made of the inputs
+        # themselves (A or its params, damp), and the terms use the saved tensors
+        # as they are, so the backward is differentiable like any other
+        # computation (DESIGN.md section 7). Slower than the first-order path:
+        # every solve is a Function call, and the forward's dual is recomputed.
+        with _routed(params, damp):
+            cot = p.backward(A, b, x0, damp, x, x_bar, None)
+        return _input_grads(ctx, cot, A, b, x0, damp, params)
 
 
-def _unbatched(what: str, rule: Callable[..., Any], *args: Any) -> Any:
-    """``rule(*args)``, with a clear error where torch.func.vmap batches its inputs."""
+def _first_order(ctx: Any, x_bar: Any) -> tuple[Any, ...]:
+    """The gradients, detached: no graph through the gradient's terms, and the
+    solves' recurrences on host floats."""
+    b, x0, x = (None if t is None else t.detach() for t in ctx.saved_tensors[:3])
+    params = [t.detach() for t in ctx.saved_tensors[3:]]
+    p, damp = ctx.p, ctx.damp
+    if isinstance(damp, torch.Tensor):
+        damp = damp.detach()
+    A = _operator_input(p, params)
+    cot = p.backward(A, b, x0, damp, x, x_bar.detach(), ctx.y)
+    return _input_grads(ctx, cot, A, b, x0, damp, ctx.saved_tensors[3:])
+
+
+def _input_grads(ctx: Any, cot: Any, A: Any, b: Any, x0: Any, damp: Any,
+                 params: Sequence[Any]) -> tuple[Any, ...]:
+    """The Function's gradients, in the order of its inputs, from the `Cotangents`."""
+    p, needs = ctx.p, ctx.needs_input_grad
+    if isinstance(A, torch.Tensor):
+        param_grads = [_operator_grad(p, cot, A) if needs[5] else None]
+    else:
+        param_grads = _function_grads(p, cot, A, params, needs[5:])
+    return (None, None, _like(cot.b, b) if needs[2] else None,
+            _like(cot.x0, x0) if needs[3] else None,
+            _like(cot.damp, damp) if needs[4] else None, *param_grads)
+
+
+#: The tensors the operators of the gradient's solves close over while those
+#: solves must be differentiable (`TorchBackend.internal_solver`); None otherwise.
+_ROUTE: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(
+    "lsqdiff_torch_route", default=None)
+
+
+@contextlib.contextmanager
+def _routed(params: Sequence[Any], damp: Any) -> Iterator[None]:
+    """Run the gradient's solves as `_internal_solve` (calls of `_Solve`) inside."""
+    token = _ROUTE.set((*params, *([damp] if isinstance(damp, torch.Tensor) else [])))
     try:
-        return rule(*args)
-    except RuntimeError as err:
-        if not str(err).startswith("vmap:"):
-            raise
-        raise NotImplementedError(
-            f"torch.func.vmap over the {what} of an lsqdiff solve (vmap of grad or jvp, "
-            "jacrev, jacfwd) is not supported: the solves' stopping tests run on the host. "
-            "Use torch.autograd, one jvp at a time, or a 2-D b for several right-hand "
-            "sides (vmap of the solve itself and grad of a vmapped solve work)") from err
+        yield
+    finally:
+        _ROUTE.reset(token)
+
+
+def _internal_solve(params: tuple[Any, ...], op: Operator, rhs: Any, *, dtype: Any,
+                    maxiter: int, atol: float, btol: float, ctol: float,
+                    limit: int | None) -> tuple[Any, State]:
+    """One of the gradient's solves as a call of the differentiable solve, on a
+    LinearOperator whose params are the tensors its products close over: autograd
+    differentiates it like a user's solve, and torch.func.vmap turns a batched
+    right-hand side into columns (`_Solve.vmap`)."""
+    from .. import _lsmr
+    from .._solve import prepare
+
+    A = LinearOperator(op.shape, op.matvec, op.rmatvec, dtype=dtype, matmat=op.matvec,
+                       rmatmat=op.rmatvec, params=list(params))
+    p = prepare(_lsmr, A, rhs, damp=0.0, x0=None, atol=atol, btol=btol,
+                conlim=1.0 / ctol if ctol > 0 else 0.0, maxiter=maxiter, default_maxiter=None,
+                grad_maxiter=limit, nan_on_nonfinite=True)
+    box = _Box()
+    x = _Solve.apply(p, box, rhs, None, 0.0, *params)
+    return x, box.state
+
+
+def _graph_wanted(*tensors: Any) -> bool:
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def _once(grads: tuple[Any, ...], message: str) -> tuple[Any, ...]:
+    """``grads``, made to raise ``message`` if they are differentiated again
+    (what ``once_differentiable`` does, with a message naming the reason; and
+    also when the incoming gradient does not require grad, so that no term is
+    dropped silently)."""
+    live = [i for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
+    if not live:
+        return grads
+    err = torch._C._functions.DelayedError(message.encode(), len(live))
+
+    def leaf(g: Any) -> Any:
+        g = g.detach()
+        g.requires_grad_(True)
+        return g
+
+    out = err(*[leaf(grads[i]) for i in live])
+    out = out if isinstance(out, tuple) else (out,)
+    result = list(grads)
+    for i, g in zip(live, out):
+        result[i] = g
+    return tuple(result)
 
 
 def _operator_input(p: Prepared, params: Sequence[Any]) -> Any:
@@ -369,9 +457,10 @@ def _function_grads(p: Prepared, cot: Any, A: LinearOperator, params: Sequence[A
     wanted = [t for t, need in zip(params, needs) if need]
     if not wanted:
         return [None] * len(params)
+    graph = torch.is_grad_enabled()  # building a graph: the gradients must be differentiable
     with torch.enable_grad():
         total = cot.A.contract(p.operator(A).matvec, p.xp)
-        grads = iter(torch.autograd.grad(total, wanted, allow_unused=True))
+        grads = iter(torch.autograd.grad(total, wanted, allow_unused=True, create_graph=graph))
     return [next(grads) if need else None for need in needs]
 
 
