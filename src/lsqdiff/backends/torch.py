@@ -217,22 +217,24 @@ class _Solve(torch.autograd.Function):
     def vmap(info: Any, in_dims: tuple[Any, ...], p: Prepared, box: _Box, b: Any, x0: Any,
              damp: Any, *params: Any) -> tuple[Any, int]:
         """torch.func.vmap over ``b`` and ``x0``: one solve with a column per batch
-        entry. The loop's stopping tests run on the host, once per column."""
+        entry (and right-hand side of a 2-D ``b``). The loop's stopping tests run
+        on the host, once per column."""
         b_dim, x0_dim, damp_dim, *param_dims = in_dims[2:]
         if damp_dim is not None or any(d is not None for d in param_dims):
             raise NotImplementedError(
                 "torch.func.vmap over lsqdiff solves batches b and x0 only (as the columns "
                 "of a 2-D b); A, a LinearOperator's params and damp must not be batched")
-        if b.ndim - (b_dim is not None) != 1:
-            raise NotImplementedError("torch.func.vmap over lsqdiff solves needs a 1-D b")
+        ndim = b.ndim - (b_dim is not None)  # b's own: 1, or 2 for several right-hand sides
+        if ndim not in (1, 2):
+            raise NotImplementedError("torch.func.vmap over lsqdiff solves needs a 1-D or 2-D b")
 
-        def columns(t: Any, dim: Any) -> Any:  # (size, batch)
-            if dim is None:
-                return t[:, None].expand(-1, info.batch_size)
-            return t.movedim(dim, -1)
+        def columns(t: Any, dim: Any) -> Any:  # (size, [k,] batch) as (size, k * batch)
+            t = t.unsqueeze(-1).expand(*t.shape, info.batch_size) if dim is None else t.movedim(dim, -1)
+            return t.reshape(t.shape[0], -1)
 
         X0 = None if x0 is None else columns(x0, x0_dim)
-        return _Solve.apply(p, box, columns(b, b_dim), X0, damp, *params), 1
+        X = _Solve.apply(p, box, columns(b, b_dim), X0, damp, *params)
+        return (X, 1) if ndim == 1 else (X.reshape(X.shape[0], -1, info.batch_size), 2)
 
     @staticmethod
     def jvp(ctx: Any, _p: Any, _box: Any, db: Any, dx0: Any, ddamp: Any, *dparams: Any) -> Any:
@@ -329,14 +331,19 @@ def _internal_solve(params: tuple[Any, ...], op: Operator, rhs: Any, *, dtype: A
     from .. import _lsmr
     from .._solve import prepare
 
-    A = LinearOperator(op.shape, op.matvec, op.rmatvec, dtype=dtype, matmat=op.matvec,
-                       rmatmat=op.rmatvec, params=list(params))
+    A = _GradientOperator(op.shape, op.matvec, op.rmatvec, dtype=dtype, matmat=op.matvec,
+                          rmatmat=op.rmatvec, params=list(params))
     p = prepare(_lsmr, A, rhs, damp=0.0, x0=None, atol=atol, btol=btol,
                 conlim=1.0 / ctol if ctol > 0 else 0.0, maxiter=maxiter, default_maxiter=None,
                 grad_maxiter=limit, nan_on_nonfinite=True)
     box = _Box()
     x = _Solve.apply(p, box, rhs, None, 0.0, *params)
     return x, box.state
+
+
+class _GradientOperator(LinearOperator):
+    """The operator of one of the gradient's solves (products closing over A's
+    tensors and damp)."""
 
 
 def _graph_wanted(*tensors: Any) -> bool:
@@ -373,13 +380,30 @@ def _operator_input(p: Prepared, params: Sequence[Any]) -> Any:
     return params[0] if isinstance(p.args[0], torch.Tensor) else p.args[0]
 
 
+def _all_zero(tensors: Sequence[Any]) -> bool:
+    try:
+        return all(t is None or not bool(torch.any(t != 0)) for t in tensors)
+    except RuntimeError:  # batched under torch.func.vmap: no value to look at
+        return False
+
+
 def _function_tangent(p: Prepared, A: LinearOperator, params: Sequence[Any],
-                      dparams: Sequence[Any]) -> Operator:
+                      dparams: Sequence[Any]) -> Operator | None:
     """Products with the tangent of a LinearOperator along its params' tangents.
 
     The JVP of ``matvec`` in the params needs ``matvec`` evaluated at other
     values of them: `torch.func.functional_call` provides that for an
     ``nn.Module``, the only kind of ``params`` a closure can be re-evaluated at."""
+    if isinstance(A, _GradientOperator) and _all_zero(dparams):
+        return None  # nested torch.func transforms pass zeros for tensors that do not move
+    if isinstance(A, _GradientOperator):
+        # Its products close over A's tensors; tangents of them would need the
+        # products rebuilt from perturbed tensors, which a closure does not allow.
+        raise NotImplementedError(
+            "forward-over-reverse differentiation of an lsqdiff solve in A or damp "
+            "(torch.func.hessian, jacfwd of grad or of jacrev, a jvp through a backward "
+            "pass) is not supported; use reverse-over-reverse (torch.func.jacrev(jacrev), "
+            "torch.autograd.grad with create_graph=True), or forward-over-reverse in b and x0 only")
     module = A.params
     if not isinstance(module, torch.nn.Module):
         raise NotImplementedError(
@@ -460,6 +484,13 @@ def _function_grads(p: Prepared, cot: Any, A: LinearOperator, params: Sequence[A
     graph = torch.is_grad_enabled()  # building a graph: the gradients must be differentiable
     with torch.enable_grad():
         total = cot.A.contract(p.operator(A).matvec, p.xp)
+        if not total.requires_grad:
+            raise NotImplementedError(
+                "A: the products of this LinearOperator do not depend on its params as "
+                "autograd sees them. Either params does not list the tensors matvec uses, "
+                "or this is a second derivative in A or damp under nested torch.func "
+                "transforms (jacrev of grad or jacrev, hessian), which is not supported: "
+                "use torch.autograd.grad with create_graph=True for second derivatives")
         grads = iter(torch.autograd.grad(total, wanted, allow_unused=True, create_graph=graph))
     return [next(grads) if need else None for need in needs]
 
