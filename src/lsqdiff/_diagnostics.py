@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ._info import CONVERGED_CODES, STOP_MESSAGES, SolveInfo
+from ._info import CONVERGED_CODES, ISTOP_NONFINITE, STOP_MESSAGES, SolveInfo
 
 
 class GradientSolveWarning(UserWarning):
@@ -56,8 +56,8 @@ def backward_diagnostics() -> Iterator[list[SolveInfo]]:
     try:
         yield log
     finally:
-        with _LOCK:
-            _LOGS.remove(log)
+        with _LOCK:  # by identity: lists with equal records compare equal
+            del _LOGS[next(i for i, x in enumerate(_LOGS) if x is log)]
 
 
 def record(info: SolveInfo) -> None:
@@ -66,16 +66,21 @@ def record(info: SolveInfo) -> None:
     with _LOCK:
         for log in _LOGS:
             log.append(info)
-    codes = [int(c) for c in _flat(info.istop)]
-    bad = sorted({c for c in codes if c not in CONVERGED_CODES})
+    codes = {int(c) for c in _flat(info.istop)}
+    if ISTOP_NONFINITE in codes:
+        warnings.warn(
+            "a NaN or Inf appeared in a solve inside the gradient (from the incoming "
+            "gradient, the inputs or the operator's output): the gradient is NaN",
+            GradientSolveWarning, stacklevel=3)
+    bad = sorted(c for c in codes if c not in CONVERGED_CODES and c != ISTOP_NONFINITE)
     if bad:
         reasons = "; ".join(f"istop {c}: {STOP_MESSAGES[c]}" for c in bad)
+        iterations = ", ".join(map(str, _flat(info.itn)))
         warnings.warn(
             f"a solve inside the gradient stopped without converging ({reasons}; "
-            f"iterations: {', '.join(map(str, _flat(info.itn)))}); the gradient may be "
-            "inaccurate. Raise "
-            "grad_maxiter or loosen grad_atol/grad_btol; lsqdiff.backward_diagnostics() "
-            "collects every such solve's SolveInfo", GradientSolveWarning, stacklevel=2)
+            f"iterations: {iterations}); the gradient may be inaccurate. Raise grad_maxiter "
+            "or loosen grad_atol/grad_btol; lsqdiff.backward_diagnostics() collects every "
+            "such solve's SolveInfo", GradientSolveWarning, stacklevel=3)
 
 
 def _flat(value: object) -> list:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .._gradient import Terms
 from .._vectors import NEW_ARRAYS, NewArrays
 from ..operator import LinearOperator, MatVec, Operator
 from ._base import Backend, State
@@ -264,7 +265,7 @@ class _Solve(torch.autograd.Function):
         if isinstance(A, torch.Tensor) and A.layout != torch.strided:
             with torch.no_grad():
                 grads = _first_order(ctx, x_bar)
-            return _once(grads, "second derivatives (create_graph=True, torch.func.grad) of an "
+            return _once(grads, (x_bar, b, x0, damp, *params), "second derivatives (create_graph=True, torch.func.grad) of an "
                                 "lsqdiff solve with a sparse torch A are not supported; wrap "
                                 "the products in an lsqdiff.LinearOperator with params=A "
                                 "instead, or differentiate once")
@@ -351,27 +352,38 @@ def _graph_wanted(*tensors: Any) -> bool:
         isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
 
 
-def _once(grads: tuple[Any, ...], message: str) -> tuple[Any, ...]:
-    """``grads``, made to raise ``message`` if they are differentiated again
-    (what ``once_differentiable`` does, with a message naming the reason; and
-    also when the incoming gradient does not require grad, so that no term is
-    dropped silently)."""
+def _once(grads: tuple[Any, ...], anchors: Sequence[Any], message: str) -> tuple[Any, ...]:
+    """``grads``, made to raise ``message`` when differentiated again in any of
+    ``anchors`` (the inputs they depend on): unlike ``once_differentiable``, also
+    when the incoming gradient does not require grad, so no term is dropped."""
     live = [i for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
-    if not live:
+    anchors = [a for a in anchors if isinstance(a, torch.Tensor) and a.requires_grad]
+    if not live or not anchors:
         return grads
-    err = torch._C._functions.DelayedError(message.encode(), len(live))
-
-    def leaf(g: Any) -> Any:
-        g = g.detach()
-        g.requires_grad_(True)
-        return g
-
-    out = err(*[leaf(grads[i]) for i in live])
-    out = out if isinstance(out, tuple) else (out,)
+    out = _NotTwice.apply(message, len(live), *[grads[i] for i in live], *anchors)
     result = list(grads)
     for i, g in zip(live, out):
         result[i] = g
     return tuple(result)
+
+
+class _NotTwice(torch.autograd.Function):
+    """The identity on the first ``n`` tensors, whose derivative in any input
+    raises ``message``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(message: str, n: int, *tensors: Any) -> tuple[Any, ...]:
+        return tuple(t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.message = inputs[0]
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> tuple[Any, ...]:
+        raise NotImplementedError(ctx.message)
 
 
 def _operator_input(p: Prepared, params: Sequence[Any]) -> Any:
@@ -481,18 +493,71 @@ def _function_grads(p: Prepared, cot: Any, A: LinearOperator, params: Sequence[A
     wanted = [t for t, need in zip(params, needs) if need]
     if not wanted:
         return [None] * len(params)
-    graph = torch.is_grad_enabled()  # building a graph: the gradients must be differentiable
+    if torch.is_grad_enabled():  # building a graph: the gradients must be differentiable
+        scales = tuple(float(s) for s, _, _ in cot.A.terms)
+        arrays = [a for _, U, V in cot.A.terms for a in (U, V)]
+        grads = iter(_ParamsGrad.apply(p, A, scales, _Box(), *arrays, *wanted))
+        return [next(grads) if need else None for need in needs]
     with torch.enable_grad():
         total = cot.A.contract(p.operator(A).matvec, p.xp)
-        if not total.requires_grad:
-            raise NotImplementedError(
-                "A: the products of this LinearOperator do not depend on its params as "
-                "autograd sees them. Either params does not list the tensors matvec uses, "
-                "or this is a second derivative in A or damp under nested torch.func "
-                "transforms (jacrev of grad or jacrev, hessian), which is not supported: "
-                "use torch.autograd.grad with create_graph=True for second derivatives")
-        grads = iter(torch.autograd.grad(total, wanted, allow_unused=True, create_graph=graph))
+        _check_depends(total)
+        grads = iter(torch.autograd.grad(total, wanted, allow_unused=True))
     return [next(grads) if need else None for need in needs]
+
+
+def _check_depends(total: Any) -> None:
+    if not total.requires_grad:
+        raise NotImplementedError(
+            "A: the products of this LinearOperator do not depend on its params as "
+            "autograd sees them. Either params does not list the tensors matvec uses, "
+            "or this is a second derivative in A or damp under nested torch.func "
+            "transforms (jacrev of grad or jacrev, hessian), which is not supported: "
+            "use torch.autograd.grad with create_graph=True for second derivatives")
+
+
+class _ParamsGrad(torch.autograd.Function):
+    """``theta_bar = grad_theta sum_k s_k Re<U_k, A(theta) V_k>`` with the ``U_k``,
+    ``V_k`` held constant, as a differentiable function of them and of theta.
+
+    Autograd of the contraction itself would follow the ``U_k``, ``V_k`` back
+    into the solves that made them (and so recurse into this backward); here
+    they enter as detached leaves, and this Function's backward hands their
+    gradients on. Second derivatives only: a third raises."""
+
+    @staticmethod
+    def forward(p: Prepared, A: LinearOperator, scales: tuple[float, ...], box: _Box,
+                *tensors: Any) -> Any:
+        k = 2 * len(scales)
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in tensors[:k]]
+            terms = Terms(tuple(zip(scales, leaves[0::2], leaves[1::2])))
+            total = terms.contract(p.operator(A).matvec, p.xp)
+            _check_depends(total)
+            params = tensors[k:]
+            grads = torch.autograd.grad(total, params, allow_unused=True, create_graph=True)
+        box.state = {"grads": grads, "wrt": leaves + list(params), "inputs": tensors}
+        return tuple(torch.zeros_like(t) if g is None else g.detach()
+                     for g, t in zip(grads, params))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.box = inputs[3]
+
+    @staticmethod
+    def backward(ctx: Any, *grads_bar: Any) -> tuple[Any, ...]:
+        grads, wrt = ctx.box.state["grads"], ctx.box.state["wrt"]
+        pairs = [(g, gb) for g, gb in zip(grads, grads_bar)
+                 if g is not None and gb is not None and g.requires_grad]
+        outs: tuple[Any, ...] = (None,) * len(wrt)
+        if pairs:
+            with torch.enable_grad():
+                # retain_graph: this node may be differentiated again (gradgradcheck).
+                outs = torch.autograd.grad([g for g, _ in pairs], wrt, [gb for _, gb in pairs],
+                                           allow_unused=True, retain_graph=True)
+        if torch.is_grad_enabled():
+            outs = _once(tuple(outs), (*ctx.box.state["inputs"], *grads_bar), "third derivatives of an lsqdiff solve in the params of "
+                                      "a LinearOperator are not supported")
+        return (None,) * 4 + tuple(outs)
 
 
 def _like(grad: Any, primal: Any) -> Any:
