@@ -15,7 +15,21 @@ class GradientSolveWarning(UserWarning):
     """A solve inside a gradient (or a tangent) stopped without converging
     (``istop`` 3, 6, 7 or 8): the gradient may be inaccurate, or NaN where a
     NaN or Inf appeared. Raise ``grad_maxiter`` or loosen ``grad_atol``/``grad_btol``;
-    `backward_diagnostics` shows each solve's `SolveInfo`."""
+    `backward_diagnostics` shows each solve's `SolveInfo`.
+
+    Examples
+    --------
+    >>> import warnings, numpy as np, lsqdiff
+    >>> A = np.vander(np.linspace(0.0, 1.0, 6), 4)
+    >>> (x, info), pullback = lsqdiff.vjp(lsqdiff.lsmr, A, np.ones(6), grad_maxiter=1)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     grads = pullback(np.ones(4))
+    >>> caught[0].category is lsqdiff.GradientSolveWarning
+    True
+    >>> [i.istop for i in grads.info]
+    [7, 7, 7]
+    """
 
 
 # Process-wide, not a context variable: PyTorch runs backward passes of CUDA

@@ -100,8 +100,9 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
     pullback : callable
         ``pullback(x_bar) -> Gradients`` with ``.b``, ``.x0``, ``.damp`` and
         ``.A`` (a `LowRank`), and ``.info``, the diagnostics of the
-        pullback's own solves. A NaN in ``x_bar`` gives NaN gradients. Gradients of complex inputs follow PyTorch's
-        convention: ``dL/dRe z + i dL/dIm z``.
+        pullback's own solves. A NaN in ``x_bar`` gives NaN gradients.
+        Gradients of complex inputs follow PyTorch's convention:
+        ``dL/dRe z + i dL/dIm z``.
 
     Examples
     --------

@@ -230,7 +230,10 @@ class _Solve(torch.autograd.Function):
             raise NotImplementedError("torch.func.vmap over lsqdiff solves needs a 1-D or 2-D b")
 
         def columns(t: Any, dim: Any) -> Any:  # (size, [k,] batch) as (size, k * batch)
-            t = t.unsqueeze(-1).expand(*t.shape, info.batch_size) if dim is None else t.movedim(dim, -1)
+            if dim is None:
+                t = t.unsqueeze(-1).expand(*t.shape, info.batch_size)
+            else:
+                t = t.movedim(dim, -1)
             return t.reshape(t.shape[0], -1)
 
         X0 = None if x0 is None else columns(x0, x0_dim)
@@ -265,10 +268,10 @@ class _Solve(torch.autograd.Function):
         if isinstance(A, torch.Tensor) and A.layout != torch.strided:
             with torch.no_grad():
                 grads = _first_order(ctx, x_bar)
-            return _once(grads, (x_bar, b, x0, damp, *params), "second derivatives (create_graph=True, torch.func.grad) of an "
-                                "lsqdiff solve with a sparse torch A are not supported; wrap "
-                                "the products in an lsqdiff.LinearOperator with params=A "
-                                "instead, or differentiate once")
+            return _once(grads, (x_bar, b, x0, damp, *params),
+                         "second derivatives (create_graph=True, torch.func.grad) of an lsqdiff "
+                         "solve with a sparse torch A are not supported; use a dense A, or "
+                         "differentiate once")
         # A graph is being built (create_graph=True, torch.func): the backward's
         # solves are calls of this Function on operators made of the inputs
         # themselves (A or its params, damp), and the terms use the saved tensors
@@ -555,8 +558,9 @@ class _ParamsGrad(torch.autograd.Function):
                 outs = torch.autograd.grad([g for g, _ in pairs], wrt, [gb for _, gb in pairs],
                                            allow_unused=True, retain_graph=True)
         if torch.is_grad_enabled():
-            outs = _once(tuple(outs), (*ctx.box.state["inputs"], *grads_bar), "third derivatives of an lsqdiff solve in the params of "
-                                      "a LinearOperator are not supported")
+            outs = _once(tuple(outs), (*ctx.box.state["inputs"], *grads_bar),
+                         "third derivatives of an lsqdiff solve in the params of a "
+                         "LinearOperator are not supported")
         return (None,) * 4 + tuple(outs)
 
 
