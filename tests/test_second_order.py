@@ -401,3 +401,28 @@ def test_forward_over_reverse_in_A_raises_clearly():
     f = lambda A: lsqdiff.lsmr(A, torch.tensor(b), **TIGHT_GRAD)[0].square().sum()  # noqa: E731
     with pytest.raises(NotImplementedError, match="forward-over-reverse"):
         torch.func.hessian(f)(torch.tensor(A))
+
+
+def test_torch_func_grad_of_linear_operator_params():
+    """torch.func.grad builds a graph, so the differentiable backward runs under
+    it; in a LinearOperator's params it stays first-order and exact."""
+    torch = _torch()
+    rng = np.random.default_rng(16)
+    W, b = torch.tensor(rng.standard_normal((6, 4))), torch.tensor(rng.standard_normal(6))
+
+    def f(W):
+        op = lsqdiff.LinearOperator((6, 4), lambda v: W @ v, lambda u: W.T @ u, params=[W])
+        return lsqdiff.lsmr(op, b, **TIGHT_GRAD)[0].square().sum()
+
+    want = torch.func.grad(lambda W: (torch.linalg.pinv(W) @ b).square().sum())(W)
+    torch.testing.assert_close(torch.func.grad(f)(W), want, rtol=1e-9, atol=1e-11)
+
+
+def test_nested_torch_func_reverse_in_A_raises_clearly():
+    """jacrev of grad in A under torch.func: a clear error, not a Hessian
+    without the solve's term (torch.autograd.grad twice works)."""
+    torch = _torch()
+    A, b = make_problem((7, 4), seed=14)
+    f = lambda A: lsqdiff.lsmr(A, torch.tensor(b), **TIGHT_GRAD)[0].square().sum()  # noqa: E731
+    with pytest.raises(NotImplementedError, match="torch.func"):
+        torch.func.jacrev(torch.func.grad(f))(torch.tensor(A))

@@ -496,16 +496,26 @@ def _function_grads(p: Prepared, cot: Any, A: LinearOperator, params: Sequence[A
     wanted = [t for t, need in zip(params, needs) if need]
     if not wanted:
         return [None] * len(params)
-    if torch.is_grad_enabled():  # building a graph: the gradients must be differentiable
+    graph = torch.is_grad_enabled()  # building a graph: the gradients must be differentiable
+    if graph and torch._C._functorch.peek_interpreter_stack() is None:
         scales = tuple(float(s) for s, _, _ in cot.A.terms)
         arrays = [a for _, U, V in cot.A.terms for a in (U, V)]
         grads = iter(_ParamsGrad.apply(p, A, scales, _Box(), *arrays, *wanted))
         return [next(grads) if need else None for need in needs]
+    terms = Terms(tuple((s, U.detach(), V.detach()) for s, U, V in cot.A.terms))
     with torch.enable_grad():
-        total = cot.A.contract(p.operator(A).matvec, p.xp)
+        total = terms.contract(p.operator(A).matvec, p.xp)
         _check_depends(total)
         grads = iter(torch.autograd.grad(total, wanted, allow_unused=True))
-    return [next(grads) if need else None for need in needs]
+    out = [next(grads) if need else None for need in needs]
+    if graph:
+        # Under torch.func a Function called here would receive the params
+        # unwrapped from the tensors matvec closes over: first derivatives only.
+        return list(_once(tuple(out), (*params, *[a for _, U, V in cot.A.terms for a in (U, V)]),
+                          "second derivatives of an lsqdiff solve in the params of a "
+                          "LinearOperator under torch.func transforms are not supported; use "
+                          "torch.autograd.grad with create_graph=True"))
+    return out
 
 
 def _check_depends(total: Any) -> None:
