@@ -417,8 +417,8 @@ def _function_tangent(p: Prepared, A: LinearOperator, params: Sequence[Any],
         raise NotImplementedError(
             "forward-over-reverse differentiation of an lsqdiff solve in A or damp "
             "(torch.func.hessian, jacfwd of grad or of jacrev, a jvp through a backward "
-            "pass) is not supported; use reverse-over-reverse (torch.func.jacrev(jacrev), "
-            "torch.autograd.grad with create_graph=True), or forward-over-reverse in b and x0 only")
+            "pass) is not supported; use reverse-over-reverse (torch.autograd.grad with "
+            "create_graph=True), or forward-over-reverse in b and x0 only")
     module = A.params
     if not isinstance(module, torch.nn.Module):
         raise NotImplementedError(
@@ -511,7 +511,8 @@ def _function_grads(p: Prepared, cot: Any, A: LinearOperator, params: Sequence[A
     if graph:
         # Under torch.func a Function called here would receive the params
         # unwrapped from the tensors matvec closes over: first derivatives only.
-        return list(_once(tuple(out), (*params, *[a for _, U, V in cot.A.terms for a in (U, V)]),
+        anchors = (*params, *[a for _, U, V in cot.A.terms for a in (U, V)])
+        return list(_once(tuple(out), anchors,
                           "second derivatives of an lsqdiff solve in the params of a "
                           "LinearOperator under torch.func transforms are not supported; use "
                           "torch.autograd.grad with create_graph=True"))
