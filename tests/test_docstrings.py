@@ -6,11 +6,12 @@ import importlib
 import pytest
 
 MODULES = ["lsqdiff.solvers", "lsqdiff.operator", "lsqdiff._info", "lsqdiff.adjoint",
+           "lsqdiff._diagnostics",
            "lsqdiff.compat.scipy", "lsqdiff.nullspace", "lsqdiff.nullspace._core",
            "lsqdiff.nullspace.torch", "lsqdiff.nullspace.optax"]
 
 #: What each module's examples import besides NumPy (skipped when missing).
-NEEDS = {"lsqdiff.nullspace": ["torch", "jax"], "lsqdiff.nullspace._core": ["torch"],
+NEEDS = {"lsqdiff._diagnostics": ["torch"], "lsqdiff.nullspace": ["torch", "jax"], "lsqdiff.nullspace._core": ["torch"],
          "lsqdiff.nullspace.torch": ["torch"], "lsqdiff.nullspace.optax": ["jax", "optax"]}
 
 

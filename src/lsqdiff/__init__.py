@@ -6,6 +6,7 @@ JAX or CuPy loads when an array of that framework first reaches a solver.
 """
 
 from . import nullspace
+from ._diagnostics import GradientSolveWarning, backward_diagnostics
 from ._info import STOP_MESSAGES, SolveInfo
 from .adjoint import Gradients, LowRank, vjp
 from .operator import LinearOperator
@@ -13,5 +14,5 @@ from .solvers import lsmr, lsqr
 
 __version__ = "0.1.0"
 
-__all__ = ["Gradients", "LinearOperator", "LowRank", "STOP_MESSAGES", "SolveInfo", "lsmr",
-           "lsqr", "vjp"]
+__all__ = ["GradientSolveWarning", "Gradients", "LinearOperator", "LowRank", "STOP_MESSAGES",
+           "SolveInfo", "backward_diagnostics", "lsmr", "lsqr", "vjp"]

@@ -10,6 +10,7 @@ from typing import Any
 import array_api_compat as aac
 
 from . import _lsmr, _validate
+from ._info import ISTOP_NONFINITE
 from ._scalars import ArrayScalars, HostScalars
 from ._stopping import Problem
 from .backends import Backend
@@ -18,8 +19,13 @@ from .operator import Operator, function_operator
 
 def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method: ModuleType,
          dtype: Any, maxiter: int, atol: float, btol: float, ctol: float,
-         options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    """Build the problem and run the loop; traceable under JAX."""
+         options: tuple[tuple[str, Any], ...], nan_on_nonfinite: bool = False
+         ) -> dict[str, Any]:
+    """Build the problem and run the loop; traceable under JAX.
+
+    With ``nan_on_nonfinite`` (the gradient's internal solves) a column that
+    stopped on a NaN or Inf (istop 8) returns NaN, not its last finite iterate:
+    a NaN in the incoming gradient must give NaN gradients, never zeros."""
     device = aac.device(b)
     op = as_operator(A, xp, backend, dtype, device)
     b = xp.astype(b, dtype)
@@ -44,6 +50,11 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
                                    lambda st: method.step(problem, st), state)
     # Columns still marked running only remain when maxiter = 0: that is the iteration limit.
     state["istop"] = S.where(state["istop"] < 0, 7, state["istop"])
+    if nan_on_nonfinite:
+        bad = state["istop"] == ISTOP_NONFINITE
+        for key in ("x", "zx"):
+            if key in state and (S.batched or bad):  # HostScalars: bad is a bool
+                state[key] = S.where(bad, state[key] * float("nan"), state[key])
     return state
 
 
@@ -51,17 +62,36 @@ def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, at
             btol: float, ctol: float, maxiter: int | None = None,
             limit: int | None = None, dual: bool = False) -> Any:
     """Minimum-norm LSMR solution of ``op x = rhs`` for an internal operator
-    (the gradient's solves); no input checks, traceable under JAX.
+    (the gradient's and the tangent's solves); no input checks, traceable under JAX.
 
-    Runs at least ``min(op.shape)`` iterations (LSMR's default) if needed, more
-    when the forward solve was allowed more; ``limit`` (the user's
-    ``grad_maxiter``) replaces that rule with an exact iteration limit. With
-    ``dual``, returns ``(x, z)`` with ``op^H z = x`` (`lsqdiff._dual`)."""
+    Every solve inside a gradient goes through here. Runs at least
+    ``min(op.shape)`` iterations (LSMR's default) if needed, more when the
+    forward solve was allowed more; ``limit`` (the user's ``grad_maxiter``)
+    replaces that rule with an exact iteration limit. With ``dual``, returns
+    ``(x, z)`` with ``op^H z = x`` (`lsqdiff._dual`). A column that meets a NaN
+    or Inf comes back NaN; each solve's diagnostics go to ``backend.report``
+    (a `lsqdiff.GradientSolveWarning` if it did not converge). Where the backend
+    differentiates these solves themselves (PyTorch building a graph for second
+    derivatives, or under ``torch.func``), ``backend.internal_solver`` runs them.
+    """
     maxiter = max(min(op.shape), maxiter or 0) if limit is None else limit
-    state = run(op, rhs, None, 0.0, xp=xp, backend=backend, method=_lsmr, dtype=dtype,
-                maxiter=maxiter, atol=atol, btol=btol, ctol=ctol,
-                options=(("dual", True),) if dual else ())
-    return (state["x"], state["zx"]) if dual else state["x"]
+    settings = dict(dtype=dtype, maxiter=maxiter, atol=atol, btol=btol, ctol=ctol)
+    solve = backend.internal_solver()
+    if solve is None:
+        state = run(op, rhs, None, 0.0, xp=xp, backend=backend, method=_lsmr,
+                    options=(("dual", True),) if dual else (), nan_on_nonfinite=True, **settings)
+        backend.report(state)
+        return (state["x"], state["zx"]) if dual else state["x"]
+    x, state = solve(op, rhs, limit=limit, **settings)
+    backend.report(state)
+    if not dual:
+        return x
+    # The dual as a solve of its own (minimum-norm z with op^H z = x), so that
+    # it is differentiable as well.
+    z, state = solve(Operator(op.shape[::-1], op.rmatvec, op.matvec), x, limit=limit,
+                     **settings)
+    backend.report(state)
+    return x, z
 
 
 def as_operator(A: Any, xp: Any, backend: Backend, dtype: Any, device: Any) -> Operator:

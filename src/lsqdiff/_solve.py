@@ -55,8 +55,9 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
             btol: float, conlim: float, maxiter: int | None, default_maxiter: Any,
             assume_full_rank: bool = False, grad_atol: float | None = None,
             grad_btol: float | None = None, grad_maxiter: int | None = None,
-            **method_options: Any) -> Prepared:
-    """Check the inputs of a solve with ``method`` (``_lsmr`` or ``_lsqr``)."""
+            nan_on_nonfinite: bool = False, **method_options: Any) -> Prepared:
+    """Check the inputs of a solve with ``method`` (``_lsmr`` or ``_lsqr``);
+    ``nan_on_nonfinite`` for a gradient's internal solve (`lsqdiff._driver.run`)."""
     xp = _validate.namespace_of_b(b)
     backend = backend_for(xp)
     _validate.check_options(atol, btol, conlim, maxiter)
@@ -75,7 +76,7 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
     settings = dict(
         method=method, dtype=_solve_dtype(xp, op_dtype, b, x0), maxiter=int(maxiter),
         atol=float(atol), btol=float(btol), ctol=1.0 / conlim if conlim > 0 else 0.0,
-        options=tuple(sorted(method_options.items())),
+        options=tuple(sorted(method_options.items())), nan_on_nonfinite=nan_on_nonfinite,
     )
     dtype = settings["dtype"]
     damped = _is_positive(damp)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _lsmr, _lsqr
+from ._diagnostics import backward_diagnostics
 from ._gradient import Terms
 from ._info import SolveInfo
 from ._solve import make_info, prepare
@@ -69,12 +70,15 @@ class Gradients:
     """What `vjp`'s pullback returns: the gradients of a solve's inputs.
 
     ``x0`` is None when the solve had no warm start; ``damp`` is a Python float.
+    ``info`` holds the `SolveInfo` of each LSMR solve the pullback ran (a
+    `lsqdiff.GradientSolveWarning` is raised for one that did not converge).
     """
 
     A: LowRank
     b: Any
     x0: Any
     damp: float
+    info: tuple[SolveInfo, ...] = ()
 
 
 def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
@@ -95,8 +99,10 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
         The solver's result.
     pullback : callable
         ``pullback(x_bar) -> Gradients`` with ``.b``, ``.x0``, ``.damp`` and
-        ``.A`` (a `LowRank`). Gradients of complex inputs follow PyTorch's
-        convention: ``dL/dRe z + i dL/dIm z``.
+        ``.A`` (a `LowRank`), and ``.info``, the diagnostics of the
+        pullback's own solves. A NaN in ``x_bar`` gives NaN gradients.
+        Gradients of complex inputs follow PyTorch's convention:
+        ``dL/dRe z + i dL/dIm z``.
 
     Examples
     --------
@@ -127,9 +133,10 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
         if tuple(x_bar.shape) != tuple(x.shape):
             raise ValueError(f"x_bar must have the shape of x, {tuple(x.shape)}, got "
                              f"{tuple(x_bar.shape)}")
-        with p.backend.solve_context():
+        with p.backend.solve_context(), backward_diagnostics() as log:
             cot = p.backward(A_, b_, x0_, damp_, x, x_bar, y)
-        return Gradients(LowRank(cot.A, p.xp, shape), cot.b, cot.x0, float(cot.damp))
+        return Gradients(LowRank(cot.A, p.xp, shape), cot.b, cot.x0, float(cot.damp),
+                         tuple(log))
 
     return (x, make_info(state, p.backend)), pullback
 

@@ -65,6 +65,22 @@ class Backend:
         """
         return solve(rhs)
 
+    def internal_solver(self) -> Callable[..., tuple[Any, State]] | None:
+        """How the gradient's internal solves run (`lsqdiff._driver.lsmr_on`): None
+        runs the loop directly. A framework that differentiates a backward pass
+        (second derivatives) returns ``solve(op, rhs, *, dtype, maxiter, atol, btol,
+        ctol, limit) -> (x, state)``, a differentiable solve of ``op x = rhs``."""
+        return None
+
+    def report(self, state: State) -> None:
+        """Hand an internal solve's diagnostics to `lsqdiff.backward_diagnostics`
+        (and warn when it did not converge). Traced frameworks override this to
+        report when the computation runs, not when it is traced."""
+        from .._diagnostics import record
+        from .._solve import make_info
+
+        record(make_info(state, self))
+
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` compiled once per ``key`` (its static settings); eager backends run it as is."""
         return fn

@@ -147,6 +147,11 @@ class JaxBackend(Backend):
     def to_host(self, value: Any) -> Any:
         return value  # may be a tracer: results stay JAX arrays
 
+    def report(self, state: State) -> None:
+        # Traced: the diagnostics exist only when the computation runs, also under jit.
+        keys = ("istop", "itn", "normr", "normar", "norma", "conda", "normx")
+        jax.debug.callback(_HOST.report, {k: state[k] for k in keys})
+
     def on_cpu(self, a: Any) -> bool:
         # A tracer has no device; under jit it runs on the default backend.
         try:
@@ -167,6 +172,10 @@ def _nonlinear_as_error(f: Callable[..., Any], *args: Any) -> Any:
             "A: matvec must be linear in v to derive rmatvec from it (jax.linear_transpose "
             f"failed: {type(err).__name__}: {str(err)[:200] or 'no message'}); pass "
             "rmatvec=lambda u: A^H @ u") from err
+
+
+#: Reports the NumPy values a host callback receives.
+_HOST = Backend(np)
 
 
 def _operator_arguments(A: Any, p: Prepared) -> tuple[Any, Callable[[Any], Any]]:

@@ -4,15 +4,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.autograd import forward_ad
-from torch.autograd.function import once_differentiable
 
+from .._gradient import Terms
 from .._vectors import NEW_ARRAYS, NewArrays
 from ..operator import LinearOperator, MatVec, Operator
 from ._base import Backend, State
@@ -45,6 +48,10 @@ class TorchBackend(Backend):
 
     def vector_ops(self, batched: bool) -> Any:
         return NEW_ARRAYS if batched else _IN_PLACE
+
+    def internal_solver(self) -> Callable[..., tuple[Any, State]] | None:
+        params = _ROUTE.get()
+        return None if params is None else functools.partial(_internal_solve, params)
 
     def host_norm(self, v: Any) -> float:
         return float(torch.linalg.vector_norm(v))
@@ -218,27 +225,31 @@ class _Solve(torch.autograd.Function):
     def vmap(info: Any, in_dims: tuple[Any, ...], p: Prepared, box: _Box, b: Any, x0: Any,
              damp: Any, *params: Any) -> tuple[Any, int]:
         """torch.func.vmap over ``b`` and ``x0``: one solve with a column per batch
-        entry. The loop's stopping tests run on the host, once per column."""
+        entry (and right-hand side of a 2-D ``b``). The loop's stopping tests run
+        on the host, once per column."""
         b_dim, x0_dim, damp_dim, *param_dims = in_dims[2:]
         if damp_dim is not None or any(d is not None for d in param_dims):
             raise NotImplementedError(
                 "torch.func.vmap over lsqdiff solves batches b and x0 only (as the columns "
                 "of a 2-D b); A, a LinearOperator's params and damp must not be batched")
-        if b.ndim - (b_dim is not None) != 1:
-            raise NotImplementedError("torch.func.vmap over lsqdiff solves needs a 1-D b")
+        ndim = b.ndim - (b_dim is not None)  # b's own: 1, or 2 for several right-hand sides
+        if ndim not in (1, 2):
+            raise NotImplementedError("torch.func.vmap over lsqdiff solves needs a 1-D or 2-D b")
 
-        def columns(t: Any, dim: Any) -> Any:  # (size, batch)
+        def columns(t: Any, dim: Any) -> Any:  # (size, [k,] batch) as (size, k * batch)
             if dim is None:
-                return t[:, None].expand(-1, info.batch_size)
-            return t.movedim(dim, -1)
+                t = t.unsqueeze(-1).expand(*t.shape, info.batch_size)
+            else:
+                t = t.movedim(dim, -1)
+            return t.reshape(t.shape[0], -1)
 
         X0 = None if x0 is None else columns(x0, x0_dim)
-        return _Solve.apply(p, box, columns(b, b_dim), X0, damp, *params), 1
+        X = _Solve.apply(p, box, columns(b, b_dim), X0, damp, *params)
+        return (X, 1) if ndim == 1 else (X.reshape(X.shape[0], -1, info.batch_size), 2)
 
     @staticmethod
     def jvp(ctx: Any, _p: Any, _box: Any, db: Any, dx0: Any, ddamp: Any, *dparams: Any) -> Any:
-        b, x0, x = (None if t is None else t.detach() for t in ctx.saved_tensors[:3])
-        params = ctx.saved_tensors[3:]
+        b, x0, x, *params = ctx.saved_tensors
         p, damp = ctx.p, ctx.damp
         A = _operator_input(p, params)
         if all(t is None for t in dparams):
@@ -247,43 +258,142 @@ class _Solve(torch.autograd.Function):
             dA = p.operator(dparams[0])  # the products are linear in A
         else:
             dA = _function_tangent(p, A, params, dparams)
-        if isinstance(damp, torch.Tensor):
-            damp = damp.detach()
-        with torch.no_grad():
-            x_dot = _unbatched("tangent", p.tangent, A, b, x0, damp, x, ctx.y, dA, db, dx0, ddamp)
+        # The tangent's solves are calls of this Function (see _routed): under
+        # torch.func.vmap (jacfwd) their batched right-hand sides become columns.
+        graph = _graph_wanted(b, x0, x, damp, *params)
+        with _routed(params, damp):
+            x_dot = p.tangent(A, b, x0, damp, x, None if graph else ctx.y, dA, db, dx0, ddamp)
         return x_dot.to(x.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, x_bar: Any) -> tuple[Any, ...]:
-        # Detached: the gradient's terms must not lead autograd back into this node.
-        b, x0, x = (None if t is None else t.detach() for t in ctx.saved_tensors[:3])
-        params = ctx.saved_tensors[3:]
+        b, x0, x, *params = ctx.saved_tensors
         p, damp = ctx.p, ctx.damp
-        A = _operator_input(p, [t.detach() for t in params])
-        cot = _unbatched("gradient", p.backward, A, b, x0, damp, x, x_bar, ctx.y)
-        needs = ctx.needs_input_grad
-        if isinstance(A, torch.Tensor):
-            param_grads = [_operator_grad(p, cot, A) if needs[5] else None]
-        else:
-            param_grads = _function_grads(p, cot, A, params, needs[5:])
-        return (None, None, _like(cot.b, b) if needs[2] else None,
-                _like(cot.x0, x0) if needs[3] else None,
-                _like(cot.damp, damp) if needs[4] else None, *param_grads)
+        if not torch.is_grad_enabled():
+            return _first_order(ctx, x_bar)
+        A = _operator_input(p, params)
+        if isinstance(A, torch.Tensor) and A.layout != torch.strided:
+            with torch.no_grad():
+                grads = _first_order(ctx, x_bar)
+            return _once(grads, (x_bar, b, x0, damp, *params),
+                         "second derivatives (create_graph=True, torch.func.grad) of an lsqdiff "
+                         "solve with a sparse torch A are not supported; use a dense A, or "
+                         "differentiate once")
+        # A graph is being built (create_graph=True, torch.func): the backward's
+        # solves are calls of this Function on operators made of the inputs
+        # themselves (A or its params, damp), and the terms use the saved tensors
+        # as they are, so the backward is differentiable like any other
+        # computation (DESIGN.md section 7). Slower than the first-order path:
+        # every solve is a Function call, and the forward's dual is recomputed.
+        with _routed(params, damp):
+            cot = p.backward(A, b, x0, damp, x, x_bar, None)
+        return _input_grads(ctx, cot, A, b, x0, damp, params)
 
 
-def _unbatched(what: str, rule: Callable[..., Any], *args: Any) -> Any:
-    """``rule(*args)``, with a clear error where torch.func.vmap batches its inputs."""
+def _first_order(ctx: Any, x_bar: Any) -> tuple[Any, ...]:
+    """The gradients, detached: no graph through the gradient's terms, and the
+    solves' recurrences on host floats."""
+    b, x0, x = (None if t is None else t.detach() for t in ctx.saved_tensors[:3])
+    params = [t.detach() for t in ctx.saved_tensors[3:]]
+    p, damp = ctx.p, ctx.damp
+    if isinstance(damp, torch.Tensor):
+        damp = damp.detach()
+    A = _operator_input(p, params)
+    cot = p.backward(A, b, x0, damp, x, x_bar.detach(), ctx.y)
+    return _input_grads(ctx, cot, A, b, x0, damp, ctx.saved_tensors[3:])
+
+
+def _input_grads(ctx: Any, cot: Any, A: Any, b: Any, x0: Any, damp: Any,
+                 params: Sequence[Any]) -> tuple[Any, ...]:
+    """The Function's gradients, in the order of its inputs, from the `Cotangents`."""
+    p, needs = ctx.p, ctx.needs_input_grad
+    if isinstance(A, torch.Tensor):
+        param_grads = [_operator_grad(p, cot, A) if needs[5] else None]
+    else:
+        param_grads = _function_grads(p, cot, A, params, needs[5:])
+    return (None, None, _like(cot.b, b) if needs[2] else None,
+            _like(cot.x0, x0) if needs[3] else None,
+            _like(cot.damp, damp) if needs[4] else None, *param_grads)
+
+
+#: The tensors the operators of the gradient's solves close over while those
+#: solves must be differentiable (`TorchBackend.internal_solver`); None otherwise.
+_ROUTE: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(
+    "lsqdiff_torch_route", default=None)
+
+
+@contextlib.contextmanager
+def _routed(params: Sequence[Any], damp: Any) -> Iterator[None]:
+    """Run the gradient's solves as `_internal_solve` (calls of `_Solve`) inside."""
+    token = _ROUTE.set((*params, *([damp] if isinstance(damp, torch.Tensor) else [])))
     try:
-        return rule(*args)
-    except RuntimeError as err:
-        if not str(err).startswith("vmap:"):
-            raise
-        raise NotImplementedError(
-            f"torch.func.vmap over the {what} of an lsqdiff solve (vmap of grad or jvp, "
-            "jacrev, jacfwd) is not supported: the solves' stopping tests run on the host. "
-            "Use torch.autograd, one jvp at a time, or a 2-D b for several right-hand "
-            "sides (vmap of the solve itself and grad of a vmapped solve work)") from err
+        yield
+    finally:
+        _ROUTE.reset(token)
+
+
+def _internal_solve(params: tuple[Any, ...], op: Operator, rhs: Any, *, dtype: Any,
+                    maxiter: int, atol: float, btol: float, ctol: float,
+                    limit: int | None) -> tuple[Any, State]:
+    """One of the gradient's solves as a call of the differentiable solve, on a
+    LinearOperator whose params are the tensors its products close over: autograd
+    differentiates it like a user's solve, and torch.func.vmap turns a batched
+    right-hand side into columns (`_Solve.vmap`)."""
+    from .. import _lsmr
+    from .._solve import prepare
+
+    A = _GradientOperator(op.shape, op.matvec, op.rmatvec, dtype=dtype, matmat=op.matvec,
+                          rmatmat=op.rmatvec, params=list(params))
+    p = prepare(_lsmr, A, rhs, damp=0.0, x0=None, atol=atol, btol=btol,
+                conlim=1.0 / ctol if ctol > 0 else 0.0, maxiter=maxiter, default_maxiter=None,
+                grad_maxiter=limit, nan_on_nonfinite=True)
+    box = _Box()
+    x = _Solve.apply(p, box, rhs, None, 0.0, *params)
+    return x, box.state
+
+
+class _GradientOperator(LinearOperator):
+    """The operator of one of the gradient's solves (products closing over A's
+    tensors and damp)."""
+
+
+def _graph_wanted(*tensors: Any) -> bool:
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def _once(grads: tuple[Any, ...], anchors: Sequence[Any], message: str) -> tuple[Any, ...]:
+    """``grads``, made to raise ``message`` when differentiated again in any of
+    ``anchors`` (the inputs they depend on): unlike ``once_differentiable``, also
+    when the incoming gradient does not require grad, so no term is dropped."""
+    live = [i for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
+    anchors = [a for a in anchors if isinstance(a, torch.Tensor) and a.requires_grad]
+    if not live or not anchors:
+        return grads
+    out = _NotTwice.apply(message, len(live), *[grads[i] for i in live], *anchors)
+    result = list(grads)
+    for i, g in zip(live, out):
+        result[i] = g
+    return tuple(result)
+
+
+class _NotTwice(torch.autograd.Function):
+    """The identity on the first ``n`` tensors, whose derivative in any input
+    raises ``message``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(message: str, n: int, *tensors: Any) -> tuple[Any, ...]:
+        return tuple(t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.message = inputs[0]
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> tuple[Any, ...]:
+        raise NotImplementedError(ctx.message)
 
 
 def _operator_input(p: Prepared, params: Sequence[Any]) -> Any:
@@ -292,13 +402,30 @@ def _operator_input(p: Prepared, params: Sequence[Any]) -> Any:
     return params[0] if isinstance(p.args[0], torch.Tensor) else p.args[0]
 
 
+def _all_zero(tensors: Sequence[Any]) -> bool:
+    try:
+        return all(t is None or not bool(torch.any(t != 0)) for t in tensors)
+    except RuntimeError:  # batched under torch.func.vmap: no value to look at
+        return False
+
+
 def _function_tangent(p: Prepared, A: LinearOperator, params: Sequence[Any],
-                      dparams: Sequence[Any]) -> Operator:
+                      dparams: Sequence[Any]) -> Operator | None:
     """Products with the tangent of a LinearOperator along its params' tangents.
 
     The JVP of ``matvec`` in the params needs ``matvec`` evaluated at other
     values of them: `torch.func.functional_call` provides that for an
     ``nn.Module``, the only kind of ``params`` a closure can be re-evaluated at."""
+    if isinstance(A, _GradientOperator) and _all_zero(dparams):
+        return None  # nested torch.func transforms pass zeros for tensors that do not move
+    if isinstance(A, _GradientOperator):
+        # Its products close over A's tensors; tangents of them would need the
+        # products rebuilt from perturbed tensors, which a closure does not allow.
+        raise NotImplementedError(
+            "forward-over-reverse differentiation of an lsqdiff solve in A or damp "
+            "(torch.func.hessian, jacfwd of grad or of jacrev, a jvp through a backward "
+            "pass) is not supported; use reverse-over-reverse (torch.autograd.grad with "
+            "create_graph=True), or forward-over-reverse in b and x0 only")
     module = A.params
     if not isinstance(module, torch.nn.Module):
         raise NotImplementedError(
@@ -376,10 +503,83 @@ def _function_grads(p: Prepared, cot: Any, A: LinearOperator, params: Sequence[A
     wanted = [t for t, need in zip(params, needs) if need]
     if not wanted:
         return [None] * len(params)
+    graph = torch.is_grad_enabled()  # building a graph: the gradients must be differentiable
+    if graph and torch._C._functorch.peek_interpreter_stack() is None:
+        scales = tuple(float(s) for s, _, _ in cot.A.terms)
+        arrays = [a for _, U, V in cot.A.terms for a in (U, V)]
+        grads = iter(_ParamsGrad.apply(p, A, scales, _Box(), *arrays, *wanted))
+        return [next(grads) if need else None for need in needs]
+    terms = Terms(tuple((s, U.detach(), V.detach()) for s, U, V in cot.A.terms))
     with torch.enable_grad():
-        total = cot.A.contract(p.operator(A).matvec, p.xp)
+        total = terms.contract(p.operator(A).matvec, p.xp)
+        _check_depends(total)
         grads = iter(torch.autograd.grad(total, wanted, allow_unused=True))
-    return [next(grads) if need else None for need in needs]
+    out = [next(grads) if need else None for need in needs]
+    if graph:
+        # Under torch.func a Function called here would receive the params
+        # unwrapped from the tensors matvec closes over: first derivatives only.
+        anchors = (*params, *[a for _, U, V in cot.A.terms for a in (U, V)])
+        return list(_once(tuple(out), anchors,
+                          "second derivatives of an lsqdiff solve in the params of a "
+                          "LinearOperator under torch.func transforms are not supported; use "
+                          "torch.autograd.grad with create_graph=True"))
+    return out
+
+
+def _check_depends(total: Any) -> None:
+    if not total.requires_grad:
+        raise NotImplementedError(
+            "A: the products of this LinearOperator do not depend on its params as "
+            "autograd sees them. Either params does not list the tensors matvec uses, "
+            "or this is a second derivative in A or damp under nested torch.func "
+            "transforms (jacrev of grad or jacrev, hessian), which is not supported: "
+            "use torch.autograd.grad with create_graph=True for second derivatives")
+
+
+class _ParamsGrad(torch.autograd.Function):
+    """``theta_bar = grad_theta sum_k s_k Re<U_k, A(theta) V_k>`` with the ``U_k``,
+    ``V_k`` held constant, as a differentiable function of them and of theta.
+
+    Autograd of the contraction itself would follow the ``U_k``, ``V_k`` back
+    into the solves that made them (and so recurse into this backward); here
+    they enter as detached leaves, and this Function's backward hands their
+    gradients on. Second derivatives only: a third raises."""
+
+    @staticmethod
+    def forward(p: Prepared, A: LinearOperator, scales: tuple[float, ...], box: _Box,
+                *tensors: Any) -> Any:
+        k = 2 * len(scales)
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in tensors[:k]]
+            terms = Terms(tuple(zip(scales, leaves[0::2], leaves[1::2])))
+            total = terms.contract(p.operator(A).matvec, p.xp)
+            _check_depends(total)
+            params = tensors[k:]
+            grads = torch.autograd.grad(total, params, allow_unused=True, create_graph=True)
+        box.state = {"grads": grads, "wrt": leaves + list(params), "inputs": tensors}
+        return tuple(torch.zeros_like(t) if g is None else g.detach()
+                     for g, t in zip(grads, params))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.box = inputs[3]
+
+    @staticmethod
+    def backward(ctx: Any, *grads_bar: Any) -> tuple[Any, ...]:
+        grads, wrt = ctx.box.state["grads"], ctx.box.state["wrt"]
+        pairs = [(g, gb) for g, gb in zip(grads, grads_bar)
+                 if g is not None and gb is not None and g.requires_grad]
+        outs: tuple[Any, ...] = (None,) * len(wrt)
+        if pairs:
+            with torch.enable_grad():
+                # retain_graph: this node may be differentiated again (gradgradcheck).
+                outs = torch.autograd.grad([g for g, _ in pairs], wrt, [gb for _, gb in pairs],
+                                           allow_unused=True, retain_graph=True)
+        if torch.is_grad_enabled():
+            outs = _once(tuple(outs), (*ctx.box.state["inputs"], *grads_bar),
+                         "third derivatives of an lsqdiff solve in the params of a "
+                         "LinearOperator are not supported")
+        return (None,) * 4 + tuple(outs)
 
 
 def _like(grad: Any, primal: Any) -> Any:
