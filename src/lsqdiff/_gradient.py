@@ -29,6 +29,7 @@ real loss is ``dL/dRe + i dL/dIm``, so a product ``A v`` pulls back through
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,7 +142,7 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
 def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *,
                 dA: Operator | None, db: Array | None, dx0: Array | None, ddamp: Any, xp: Any,
                 backend: Any, dtype: Any, atol: float, btol: float, ctol: float,
-                maxiter: int | None, damped: bool, assume_full_rank: bool = False,
+                maxiter: int | None, damped: bool | None, assume_full_rank: bool = False,
                 limit: int | None = None, y: Array | None = None) -> Array:
     """The tangent of ``x`` given the inputs' tangents (None: zero).
 
@@ -162,9 +163,23 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
       ``x' = N^-1 (A^H (b' - A' x) + A'^H r)`` with ``N = A^H A``, whose
       solution is the dual of the minimum-norm solve with ``A^H`` (`lsqdiff._dual`).
 
-    Settings and ``y`` as for :func:`pullback`. A tangent solve is skipped when
-    the tangents it acts on are all None.
+    Settings and ``y`` as for :func:`pullback`; ``damped`` None (a traced damp)
+    selects the rule where the solve runs, by ``damp > 0``. A tangent solve is
+    skipped when the tangents it acts on are all None.
     """
+    if damped is None:
+        def rule(damp_: Any, damped_: bool) -> Callable[[], Array]:
+            return lambda: xp.astype(pushforward(
+                op, b, x, x0, damp_, dA=dA, db=db, dx0=dx0, ddamp=ddamp, xp=xp,
+                backend=backend, dtype=dtype, atol=atol, btol=btol, ctol=ctol, maxiter=maxiter,
+                damped=damped_, assume_full_rank=assume_full_rank, limit=limit, y=y), x.dtype)
+
+        # The damped rule divides by damp: it runs on a stand-in damp of 1 where
+        # damp = 0, so that the branch not taken (under vmap both run) cannot leak
+        # a NaN into the tangent or, transposed, into a gradient.
+        positive = damp > 0
+        stand_in = xp.where(positive, damp, xp.ones_like(damp))
+        return backend.select(positive, rule(stand_in, True), rule(damp, False))
     m, n = op.shape
     settings = dict(xp=xp, backend=backend, dtype=dtype, atol=atol, btol=btol, ctol=ctol,
                     maxiter=maxiter, limit=limit)
@@ -196,16 +211,17 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
 
         return _hermitian_solve(backend, dual_solve, normal(0.0), _sum(normal_terms()), x, xp)
 
-    def pinv(rhs: Array) -> Array:  # A^+ rhs; its adjoint is A^+H
-        return backend.linear_solve(lambda q: lsmr_on(op, q, **settings),
-                                    lambda c: lsmr_on(AH, c, **settings), op.matvec, rhs)
+    def solve(B: Operator, rhs: Array) -> Array:
+        return lsmr_on(B, rhs, **settings)
 
-    def pinv_h(rhs: Array) -> Array:  # A^+H rhs; its adjoint is A^+
-        return backend.linear_solve(lambda s: lsmr_on(AH, s, **settings),
-                                    lambda c: lsmr_on(op, c, **settings), op.rmatvec, rhs)
+    def pinv(rhs: Array) -> Array:  # A^+ rhs
+        return backend.min_norm_solve(op, rhs, False, solve)
+
+    def pinv_h(rhs: Array) -> Array:  # A^+H rhs
+        return backend.min_norm_solve(op, rhs, True, solve)
 
     if y is None and dA is not None:
-        y = lsmr_on(AH, d, **settings)
+        y = pinv_h(d)  # differentiable in A, for second derivatives
     w = _sum([None if dA is None else dA.rmatvec(y), dx0])
     terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]
     if dA is not None and not (assume_full_rank and m < n):  # a wide full-rank A leaves r = 0

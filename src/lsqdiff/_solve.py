@@ -89,7 +89,7 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
 
     run = runner(settings["options"])
     # A wide full-rank solve hands the gradient y = A^+H (x - x0): its dual.
-    forward_dual = not damped and bool(assume_full_rank) and shape_A[0] < shape_A[1]
+    forward_dual = damped is False and bool(assume_full_rank) and shape_A[0] < shape_A[1]
     run_dual = runner(settings["options"] + (("dual", True),)) if forward_dual else None
     cache_key = None
     if compile_loop:
@@ -121,8 +121,9 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
 
     def backward(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, x_bar: Any,
                  y: Any = None) -> Cotangents:
+        # Only JAX traces damp, and JAX differentiates through `tangent`.
         return pullback(operator(A_), cast(b_), x, cast(x0_), damp_, cast(x_bar), y=y,
-                        **grad_settings)
+                        **{**grad_settings, "damped": damped is not False})
 
     def tangent(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, y: Any, dA: Operator | None,
                 db: Any, dx0: Any, ddamp: Any) -> Any:
@@ -141,10 +142,11 @@ def solve(method: ModuleType, A: Any, b: Any, **kwargs: Any) -> tuple[Any, dict[
     return state["x"], state, p.backend
 
 
-def _is_positive(damp: Any) -> bool:
-    """Whether the damped gradient rule applies; a traced damp is taken to be positive."""
+def _is_positive(damp: Any) -> bool | None:
+    """Whether the damped gradient rule applies; None for a traced damp, whose
+    rule is selected where the solve runs (`lsqdiff._gradient.pushforward`)."""
     value = _validate.concrete_float(damp)
-    return value is None or value > 0
+    return None if value is None else value > 0
 
 
 def make_info(state: dict[str, Any], backend: Backend) -> SolveInfo:
