@@ -240,12 +240,9 @@ def test_grad_wrt_integer_array_raises():
         jax.grad(lambda A: jnp.sum(lsqdiff.lsmr(A, b, **TIGHT_GRAD)[0]))(A)
 
 
-@pytest.mark.xfail(strict=True, reason="a traced damp is taken to be positive: at damp = 0 "
-                   "the damped rule divides by damp (g = c[m:] / damp), so A and damp get NaN "
-                   "gradients, although x is smooth there (its damp-derivative is 0)")
 def test_traced_zero_damp_gradient():
-    """KNOWN BUG: jax.grad in damp (or any damp that is a traced JAX array) at
-    damp = 0 should give the pseudo-inverse rule's gradients, as a Python 0.0 does."""
+    """jax.grad in damp (or any damp that is a traced JAX array) at damp = 0 gives
+    the pseudo-inverse rule's gradients, as a Python 0.0 does (issue 15, item 4)."""
     A, b, x0, _, x_bar = small_problem("damped-x0")
     f = solve_fn(lsqdiff.lsmr, True, True)  # compiled by the damped-x0 check above
     gA, _, _, gd = jax.grad(real_loss(f, x_bar), argnums=(0, 1, 2, 3))(

@@ -209,7 +209,8 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
         def dual_solve(t: Array) -> Array:  # N^-1 t
             return lsmr_on(AH, t, dual=True, **settings)[1]
 
-        return _hermitian_solve(backend, dual_solve, normal(0.0), _sum(normal_terms()), x, xp)
+        t = _sum(normal_terms() + [None if ddamp is None else (-2 * damp * ddamp) * d])
+        return _hermitian_solve(backend, dual_solve, normal(0.0), t, x, xp)
 
     def solve(B: Operator, rhs: Array) -> Array:
         return lsmr_on(B, rhs, **settings)
@@ -220,14 +221,18 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
     def pinv_h(rhs: Array) -> Array:  # A^+H rhs
         return backend.min_norm_solve(op, rhs, True, solve)
 
-    if y is None and dA is not None:
+    if y is None and (dA is not None or ddamp is not None):
         y = pinv_h(d)  # differentiable in A, for second derivatives
     w = _sum([None if dA is None else dA.rmatvec(y), dx0])
     terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]
     if dA is not None and not (assume_full_rank and m < n):  # a wide full-rank A leaves r = 0
         terms.append(pinv_h(dA.rmatvec(b - op.matvec(x))))
+    if ddamp is not None:
+        # A traced damp at 0 (the only way ddamp reaches this rule): the damped
+        # rule's -2 damp damp' (A^H A)^+ d, zero here as x depends on damp^2, but
+        # not its derivative in damp: d^2 x / d damp^2 = -2 (A^H A)^+ d at 0.
+        terms.append((-2 * damp * ddamp) * y)
     q = _sum(terms)
-    # At damp = 0 the solution does not move with damp to first order: no damp' term.
     dx = _sum([None if q is None else pinv(q), w])
     return xp.zeros_like(x) if dx is None else dx
 
