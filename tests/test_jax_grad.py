@@ -250,3 +250,50 @@ def test_traced_zero_damp_gradient():
     ref = closed_form(A, b, x0, 0.0, x_bar)
     assert float(gd) == 0.0
     assert_close(np.asarray(gA), ref["A"], 1e-9, 1e-12, "A")
+
+
+# --------------------------------------------------------------------------- #
+# jax.linear_transpose in b (issue 15)
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("case", ["tall", "wide", "tall-damped", "2d-b-damped",
+                                  "complex-wide-damped-x0"])
+def test_linear_transpose_in_b(case):
+    """With A and damp fixed and no x0 the solve is linear in b: its transpose is
+    the minimum-norm solve with A^H (damped: c -> A M^-1 c), JAX's unconjugated
+    transpose (lineax's least-squares tests use it)."""
+    A, b, _, damp, x_bar = small_problem(case)
+    Aj = jnp.asarray(A)
+    f = lambda b: lsqdiff.lsmr(Aj, b, damp=damp, **TIGHT_GRAD)[0]  # noqa: E731
+    (got,) = jax.linear_transpose(f, jnp.asarray(b))(jnp.asarray(x_bar))
+    n = A.shape[1]
+    AH = A.conj().T
+    P = (np.linalg.solve(AH @ A + damp**2 * np.eye(n), AH) if damp
+         else np.linalg.pinv(A))
+    assert_close(np.asarray(got), P.T @ x_bar, 1e-10, 1e-12, "b")
+
+
+def test_linear_transpose_traced_damp_and_operator():
+    """Under jit with damp traced (0 and positive), through a LinearOperator, by LSQR."""
+    A, b, _, _, x_bar = small_problem("wide")
+    Aj = jnp.asarray(A)
+    op = lsqdiff.LinearOperator(A.shape, lambda v: Aj @ v, lambda u: Aj.T @ u, dtype=Aj.dtype)
+
+    @jax.jit
+    def transpose(damp, c):
+        f = lambda b: lsqdiff.lsqr(op, b, damp=damp, **TIGHT_GRAD)[0]  # noqa: E731
+        return jax.linear_transpose(f, jnp.asarray(b))(c)[0]
+
+    for damp in (0.0, 0.5):
+        P = (np.linalg.solve(A.T @ A + damp**2 * np.eye(A.shape[1]), A.T) if damp
+             else np.linalg.pinv(A))
+        assert_close(np.asarray(transpose(damp, jnp.asarray(x_bar))), P.T @ x_bar, 1e-10,
+                     1e-12, f"damp={damp}")
+
+
+def test_linear_transpose_with_x0_is_refused():
+    """A warm start makes the solution affine in b: a clear error, not the loop's."""
+    A, b, x0, _, x_bar = small_problem("wide-x0")
+    f = lambda b: lsqdiff.lsmr(jnp.asarray(A), b, x0=jnp.asarray(x0))[0]  # noqa: E731
+    with pytest.raises(NotImplementedError, match="x0=None"):
+        jax.linear_transpose(f, jnp.asarray(b))

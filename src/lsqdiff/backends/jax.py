@@ -18,6 +18,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.experimental import sparse as jsparse
 from jax.extend.core import ClosedJaxpr, Jaxpr, Primitive, jaxpr_as_fun
 from jax.interpreters import ad, batching, mlir
+from jax.interpreters import partial_eval as pe
 
 from .._info import SolveInfo
 from ..operator import LinearOperator, MatVec, Operator
@@ -52,7 +53,21 @@ class JaxBackend(Backend):
 
         @jax.custom_jvp
         def solve(A_args: Any, b: Any, x0: Any, damp: Any) -> State:
-            return p.run(rebuild(A_args), b, x0, damp)
+            state = p.run(rebuild(A_args), b, x0, damp)
+            if _being_transposed(b):
+                # jax.linear_transpose: the loop has no transpose, but with A, damp
+                # fixed and no x0, x is the tangent in b along b itself, whose
+                # solves transpose (the min-norm solve with A^H; damped, A M^-1).
+                # The loop stays for the diagnostics, and is dropped as dead code
+                # unless they are returned too.
+                if x0 is not None:
+                    raise NotImplementedError(
+                        "jax.linear_transpose of lsqdiff.lsmr/lsqr in b needs x0=None: "
+                        "with a warm start the solution is affine in b, not linear")
+                x = p.tangent(rebuild(A_args), b, None, damp, jnp.zeros_like(state["x"]), None,
+                              None, b, None, None)
+                state = {**state, "x": x.astype(state["x"].dtype)}
+            return state
 
         def jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[State, State]:
             state, y = p.run_differentiated(rebuild(primals[0]), *primals[1:])
@@ -209,6 +224,13 @@ def _tangent_operator(p: Prepared, rebuild: Callable[[Any], Any], A_args: Any,
         return product
 
     return Operator(p.operator(rebuild(A_args)).shape, along("matvec"), along("rmatvec"))
+
+
+def _being_transposed(b: Any) -> bool:
+    """Whether ``b`` is an unknown of a partial evaluation: JAX evaluates a
+    ``custom_jvp`` function itself on those only to build a linear function to
+    transpose (``jax.linear_transpose``); differentiation calls its JVP rule."""
+    return isinstance(b, pe.JaxprTracer) and not b.pval.is_known()
 
 
 def _moves(tangent: Any) -> bool:
