@@ -163,8 +163,8 @@ def test_vmap_over_damps_with_zeros():
 # Second derivatives against dense references (issue 15, item 5)
 # --------------------------------------------------------------------------- #
 
-CASES = ["tall", "wide-x0", "square", "rank-deficient-x0", "tall-damped", "damped-x0",
-         "complex-tall", "complex-wide-damped-x0"]
+CASES = ["tall", "wide-x0", "square", "tall-damped", "damped-x0", "complex-tall",
+         "complex-wide-damped-x0"]
 
 
 @pytest.mark.parametrize("traced_zero", [False, True], ids=["damp=0.0", "traced-damp=0"])
@@ -192,7 +192,7 @@ def test_jvp_of_grad_in_every_input(case, traced_zero):
         assert_close(np.asarray(g), np.asarray(w), 1e-7, 1e-10, name)
 
 
-@pytest.mark.parametrize("case", ["tall", "wide-x0", "rank-deficient-x0", "damped-x0"])
+@pytest.mark.parametrize("case", ["tall", "wide-x0", "damped-x0"])
 def test_hessian_in_A_and_b(case):
     """jax.hessian in (A, b) (forward over reverse, every block) equals the
     reference's; it raised an internal custom_linear_solve error before."""
@@ -211,6 +211,43 @@ def test_hessian_in_A_and_b(case):
         for j, col in enumerate(["A", "b"]):
             assert_close(np.asarray(got[i][j]), np.asarray(want[i][j]), 1e-7, 1e-10,
                          f"d2L/d{row}d{col}")
+
+
+def factored(solution):
+    """``solution`` of ``A = L R^T``: at a rank-deficient ``A`` the pseudo-inverse is
+    differentiable only along matrices of the same rank, which the factors span
+    (in a direction that changes the rank there is no derivative to compare)."""
+    return lambda L, R, b, x0, damp, damped: solution(L @ R.T, b, x0, damp, damped)
+
+
+@pytest.mark.parametrize("traced_zero", [False, True], ids=["damp=0.0", "traced-damp=0"])
+def test_jvp_of_grad_rank_deficient(traced_zero):
+    """Rank 3 of (6, 5), warm-started: Hessian-vector products in the factors,
+    b, x0 (and a traced damp at 0) match the reference's."""
+    A, b, x0, _, x_bar = problem("rank-deficient-x0")
+    U, sv, Vh = np.linalg.svd(A)
+    L, R = U[:, :3] * sv[:3], Vh[:3].T
+    damped = None if traced_zero else False
+    args = tuple(jnp.asarray(a) for a in (L, R, b, x0)) + (
+        (jnp.asarray(0.0),) if traced_zero else ())
+    tangents = directions(args, seed=99)
+    argnums = tuple(range(len(args)))
+
+    def loss(solution):
+        x_b = jnp.asarray(x_bar)
+
+        def f(L, R, b, x0, *damp):
+            x = factored(solution)(L, R, b, x0, damp[0] if damp else 0.0, damped)
+            return jnp.sum(x_b * x) + 0.5 * jnp.sum(x**2)
+
+        return f
+
+    def hvp(f):
+        return jax.jit(lambda *a: jax.jvp(jax.grad(f, argnums=argnums), a, tangents)[1])
+
+    got, want = hvp(loss(lsmr_x))(*args), hvp(loss(reference_x))(*args)
+    for name, g, w in zip(["L", "R", "b", "x0", "damp"], got, want):
+        assert_close(np.asarray(g), np.asarray(w), 1e-7, 1e-10, name)
 
 
 def test_jacfwd_of_jacrev_lsqr_wide():
@@ -251,22 +288,34 @@ def test_hessian_through_a_linear_operator(derived):
 
 
 def test_vmap_of_hessian_vector_products_over_operators():
-    """vmap over a batch of matrices of jvp(grad): the primitive's batching rule
-    with a mapped operator (each column of the block solve has its own A)."""
+    """vmap over a batch of matrices A = L R^T (ranks 3, 4 and 2 of (6, 4)) of
+    jvp(grad) in the factors: the primitive's batching rule with a mapped operator
+    (each column of the block solve has its own A)."""
     rng = np.random.default_rng(11)
-    As = jnp.asarray(np.stack([rank_deficient(6, 4, 3, 20), rng.standard_normal((6, 4)),
-                               rank_deficient(6, 4, 2, 21)]))
-    b, x_bar, V = (jnp.asarray(rng.standard_normal(s)) for s in ((6,), (4,), (6, 4)))
+    Ls = jnp.asarray(rng.standard_normal((3, 6, 4)))
+    # R's columns beyond the rank are zero: A = L R^T keeps that rank along dR
+    # only where dR's are too, so the direction dR is masked the same way.
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], dtype=float)[:, None, :]
+    Rs = jnp.asarray(rng.standard_normal((3, 4, 4)) * mask)
+    dRs = jnp.asarray(rng.standard_normal((3, 4, 4)) * mask)
+    b, x_bar, dL = (jnp.asarray(rng.standard_normal(s)) for s in ((6,), (4,), (6, 4)))
     zero = jnp.zeros(4)
 
     def hvp(solution):
-        loss = make_loss(solution, x_bar, False, False)
-        return lambda A: jax.jvp(jax.grad(lambda A: loss(A, b, zero)), (A,), (V,))[1]
+        f = factored(solution)
 
-    got = jax.jit(jax.vmap(hvp(lsmr_x)))(As)
-    for i in range(As.shape[0]):
-        assert_close(np.asarray(got[i]), np.asarray(hvp(reference_x)(As[i])), 1e-7, 1e-10,
-                     f"A[{i}]")
+        def loss(L, R):
+            x = f(L, R, b, zero, 0.0, False)
+            return jnp.sum(x_bar * x) + 0.5 * jnp.sum(x**2)
+
+        return lambda L, R, dR: jax.jvp(jax.grad(loss, argnums=(0, 1)), (L, R), (dL, dR))[1]
+
+    got = jax.jit(jax.vmap(hvp(lsmr_x)))(Ls, Rs, dRs)
+    assert [np.linalg.matrix_rank(np.asarray(Ls[i] @ Rs[i].T)) for i in range(3)] == [3, 4, 2]
+    for i in range(3):
+        want = hvp(reference_x)(Ls[i], Rs[i], dRs[i])
+        for name, g, w in zip(["L", "R"], got, want):
+            assert_close(np.asarray(g[i]), np.asarray(w), 1e-7, 1e-10, f"{name}[{i}]")
 
 
 def test_hessian_in_b_under_vmap_of_right_hand_sides():
@@ -304,3 +353,27 @@ def test_first_order_solve_count(shape):
     assert loops_in(jax.grad(f, argnums=(0, 1)), A, b) == 4
     assert loops_in(jax.grad(f, argnums=1), A, b) == 2
     assert loops_in(lambda A, b: jax.jvp(lambda A: f(A, b), (A,), (A,)), A, b) == 4
+
+
+def test_hessian_in_b_undamped_eager():
+    """The issue's reproducer: jax.hessian in b of an undamped solve raised
+    "Error interpreting argument to custom_linear_solve ... Zero"."""
+    A, b = (jnp.asarray(a) for a in make_problem((6, 4), seed=6))
+    got = jax.hessian(lambda b: jnp.sum(lsqdiff.lsmr(A, b, **TIGHT_GRAD)[0] ** 2))(b)
+    P = np.linalg.pinv(np.asarray(A))
+    assert_close(np.asarray(got), 2 * P.T @ P, 1e-9, 1e-12, "d2L/db2")
+
+
+@pytest.mark.parametrize("case", ["tall", "wide-x0"])
+def test_hessian_assume_full_rank(case):
+    """assume_full_rank: the one-solve rules (tall: the dual of the A^H solve; wide:
+    y from the forward solve's dual) differentiate again into the same Hessian."""
+    A, b, x0, _, x_bar = problem(case)
+
+    def solution(A, b, x0, damp, damped):
+        return lsqdiff.lsmr(A, b, x0=x0, assume_full_rank=True, **TIGHT_GRAD)[0]
+
+    args = (jnp.asarray(A), jnp.asarray(b), jnp.asarray(x0))
+    got = jax.jit(jax.hessian(make_loss(solution, x_bar, False, False)))(*args)
+    want = jax.hessian(make_loss(reference_x, x_bar, False, False))(*args)
+    assert_close(np.asarray(got), np.asarray(want), 1e-7, 1e-10, "d2L/dA2")
