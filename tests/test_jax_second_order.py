@@ -377,3 +377,25 @@ def test_hessian_assume_full_rank(case):
     got = jax.jit(jax.hessian(make_loss(solution, x_bar, False, False)))(*args)
     want = jax.hessian(make_loss(reference_x, x_bar, False, False))(*args)
     assert_close(np.asarray(got), np.asarray(want), 1e-7, 1e-10, "d2L/dA2")
+
+
+def test_hessian_in_sparse_values():
+    """A BCOO matrix: the Hessian in its stored values (its integer indices are
+    operands of the primitive too, with no tangent)."""
+    from jax.experimental import sparse
+
+    rng = np.random.default_rng(8)
+    A = rng.standard_normal((6, 4))
+    A[rng.random((6, 4)) < 0.4] = 0.0
+    S = sparse.BCOO.fromdense(jnp.asarray(A))
+    b = jnp.asarray(rng.standard_normal(6))
+
+    def loss(values, dense):
+        M = sparse.BCOO((values, S.indices), shape=S.shape)
+        x = (jnp.linalg.pinv(M.todense()) @ b if dense
+             else lsqdiff.lsmr(M, b, **TIGHT_GRAD)[0])
+        return jnp.sum(x**2)
+
+    got = jax.jit(jax.hessian(lambda v: loss(v, False)))(S.data)
+    assert_close(np.asarray(got), np.asarray(jax.hessian(lambda v: loss(v, True))(S.data)),
+                 1e-9, 1e-10, "d2L/dvalues2")

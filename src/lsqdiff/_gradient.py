@@ -19,8 +19,10 @@ solves, never the iterations of the forward solve (DESIGN.md section 2):
 
 :func:`pushforward` is the forward-mode rule (the tangent of ``x`` given the
 tangents of the inputs), written with the same solves: each is passed through
-``backend.linear_solve`` together with its adjoint, so that JAX transposes the
-tangent rule into the reverse-mode rule above at the same number of solves.
+``backend.linear_solve`` (a true inverse, with its adjoint) or
+``backend.min_norm_solve`` (a pseudo-inverse), so that JAX transposes the
+tangent rule into the reverse-mode rule above at the same number of solves, and
+differentiates it again (second derivatives) by each solve's own derivative.
 
 Gradients follow PyTorch's convention for complex numbers (the gradient of a
 real loss is ``dL/dRe + i dL/dIm``, so a product ``A v`` pulls back through

@@ -1,9 +1,12 @@
 """JAX adapter: the loop is a ``lax.while_loop`` so solves trace under ``jit`` and
 ``vmap``, and the solve is a ``jax.custom_jvp`` whose tangent is
-`lsqdiff._gradient.pushforward`. Its solves are ``lax.custom_linear_solve``
-calls that declare their adjoints, so JAX transposes the tangent into the
-gradient (``jax.grad``, ``jax.vjp``) with the solves of
-`lsqdiff._gradient.pullback`; the loops themselves are never differentiated."""
+`lsqdiff._gradient.pushforward`. Its solves with a true inverse (damped, or
+``assume_full_rank`` tall) are ``lax.custom_linear_solve`` calls; its
+pseudo-inverse solves are a primitive of this module, ``lsqdiff_min_norm_solve``,
+with the pseudo-inverse's own derivative, transpose and batching rules. So JAX
+transposes the tangent into the gradient (``jax.grad``, ``jax.vjp``) with the
+solves of `lsqdiff._gradient.pullback`, and differentiates it again into exact
+second derivatives; the loops themselves are never differentiated in reverse."""
 
 from __future__ import annotations
 
