@@ -315,7 +315,8 @@ def _min_norm_impl(*args: Any, spec: _MinNormSpec, adjoint: bool) -> Any:
     m, n = spec.shape
     op = Operator((n, m) if adjoint else (m, n), lambda v: _product(spec, consts, b, v),
                   lambda u: _product(spec, consts, bh, u))
-    return spec.solve(op, rhs)
+    # The solve runs in the solve's dtype; the result keeps the rhs's, as declared.
+    return spec.solve(op, rhs).astype(rhs.dtype)
 
 
 def _min_norm_abstract(*args: Any, spec: _MinNormSpec, adjoint: bool) -> Any:
