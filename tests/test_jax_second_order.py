@@ -398,3 +398,29 @@ def test_hessian_in_sparse_values():
     got = jax.jit(jax.hessian(lambda v: loss(v, False)))(S.data)
     assert_close(np.asarray(got), np.asarray(jax.hessian(lambda v: loss(v, True))(S.data)),
                  1e-9, 1e-10, "d2L/dvalues2")
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6)])
+@pytest.mark.parametrize("options", [{}, {"damp": 0.5}, {"assume_full_rank": True}],
+                         ids=["undamped", "damped", "full-rank"])
+def test_grad_of_grad(shape, options):
+    """Reverse over reverse (jax.grad of jax.grad) of a scalar path A(s) = s A: the
+    rule computes x by the solve itself, so the outer grad takes the rule again
+    instead of the loop (which JAX cannot reverse-differentiate)."""
+    if options.get("assume_full_rank") and shape[0] < shape[1]:
+        pytest.xfail("a wide assume_full_rank solve takes y from its forward loop's dual")
+    A, b = (jnp.asarray(a) for a in make_problem(shape, seed=9))
+    damp = options.get("damp", 0.0)
+
+    def f(s, solution):
+        return jnp.sum(solution(s * A) ** 2)
+
+    def ours(M):
+        return lsqdiff.lsmr(M, b, **options, **TIGHT_GRAD)[0]
+
+    def ref(M):
+        return reference_x(M, b, None, damp, bool(damp))
+
+    got = jax.jit(jax.grad(jax.grad(lambda s: f(s, ours))))(1.3)
+    want = jax.grad(jax.grad(lambda s: f(s, ref)))(1.3)
+    assert_close(np.asarray(got), np.asarray(want), 1e-8, 1e-12, "d2L/ds2")

@@ -36,7 +36,8 @@ class Prepared:
     take the inputs as arguments so that adapters can pass traced or detached
     versions of them. ``cache_key`` is None, or a hashable key such that every
     `Prepared` with that key has ``backward``, ``tangent`` and ``operator`` that
-    act alike (traced backends compile them once per key).
+    act alike (traced backends compile them once per key). ``carries_dual``: whether
+    ``run_differentiated`` returns a ``y``.
     """
 
     backend: Backend
@@ -49,6 +50,7 @@ class Prepared:
     operator: Callable[[Any], Operator]
     args: tuple[Any, Any, Any, Any]
     cache_key: Any = None
+    carries_dual: bool = False
 
 
 def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: float,
@@ -131,7 +133,7 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
                            dx0=cast(dx0), ddamp=ddamp, y=y, **grad_settings)
 
     return Prepared(backend, xp, dtype, run, run_differentiated, backward, tangent, operator,
-                    (A, b, x0, damp), cache_key)
+                    (A, b, x0, damp), cache_key, forward_dual)
 
 
 def solve(method: ModuleType, A: Any, b: Any, **kwargs: Any) -> tuple[Any, dict[str, Any], Backend]:

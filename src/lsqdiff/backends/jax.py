@@ -73,7 +73,12 @@ class JaxBackend(Backend):
             return state
 
         def jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[State, State]:
-            state, y = p.run_differentiated(rebuild(primals[0]), *primals[1:])
+            if p.carries_dual:
+                state, y = p.run_differentiated(rebuild(primals[0]), *primals[1:])
+            else:
+                # The solve itself, not its loop: differentiated again (second
+                # derivatives, reverse over reverse) it takes this rule again.
+                state, y = solve(*primals), None
             # Which inputs move: the others are symbolic zeros, and their solves are skipped.
             moving = tuple(_moves(t) for t in tangents)
             dots = [_instantiate(t, x) if move else None
