@@ -240,12 +240,9 @@ def test_grad_wrt_integer_array_raises():
         jax.grad(lambda A: jnp.sum(lsqdiff.lsmr(A, b, **TIGHT_GRAD)[0]))(A)
 
 
-@pytest.mark.xfail(strict=True, reason="a traced damp is taken to be positive: at damp = 0 "
-                   "the damped rule divides by damp (g = c[m:] / damp), so A and damp get NaN "
-                   "gradients, although x is smooth there (its damp-derivative is 0)")
 def test_traced_zero_damp_gradient():
-    """KNOWN BUG: jax.grad in damp (or any damp that is a traced JAX array) at
-    damp = 0 should give the pseudo-inverse rule's gradients, as a Python 0.0 does."""
+    """jax.grad in damp (or any damp that is a traced JAX array) at damp = 0 gives
+    the pseudo-inverse rule's gradients, as a Python 0.0 does (issue 15, item 4)."""
     A, b, x0, _, x_bar = small_problem("damped-x0")
     f = solve_fn(lsqdiff.lsmr, True, True)  # compiled by the damped-x0 check above
     gA, _, _, gd = jax.grad(real_loss(f, x_bar), argnums=(0, 1, 2, 3))(
@@ -253,3 +250,69 @@ def test_traced_zero_damp_gradient():
     ref = closed_form(A, b, x0, 0.0, x_bar)
     assert float(gd) == 0.0
     assert_close(np.asarray(gA), ref["A"], 1e-9, 1e-12, "A")
+
+
+# --------------------------------------------------------------------------- #
+# jax.linear_transpose in b (issue 15)
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("case", ["tall", "wide", "tall-damped", "2d-b-damped",
+                                  "complex-wide-damped-x0"])
+def test_linear_transpose_in_b(case):
+    """With A and damp fixed and no x0 the solve is linear in b: its transpose is
+    the minimum-norm solve with A^H (damped: c -> A M^-1 c), JAX's unconjugated
+    transpose (lineax's least-squares tests use it)."""
+    A, b, _, damp, x_bar = small_problem(case)
+    Aj = jnp.asarray(A)
+    f = lambda b: lsqdiff.lsmr(Aj, b, damp=damp, **TIGHT_GRAD)[0]  # noqa: E731
+    (got,) = jax.linear_transpose(f, jnp.asarray(b))(jnp.asarray(x_bar))
+    n = A.shape[1]
+    AH = A.conj().T
+    P = (np.linalg.solve(AH @ A + damp**2 * np.eye(n), AH) if damp
+         else np.linalg.pinv(A))
+    assert_close(np.asarray(got), P.T @ x_bar, 1e-10, 1e-12, "b")
+
+
+def test_linear_transpose_traced_damp_and_operator():
+    """Under jit with damp traced (0 and positive), through a LinearOperator, by LSQR."""
+    A, b, _, _, x_bar = small_problem("wide")
+    Aj = jnp.asarray(A)
+    op = lsqdiff.LinearOperator(A.shape, lambda v: Aj @ v, lambda u: Aj.T @ u, dtype=Aj.dtype)
+
+    @jax.jit
+    def transpose(damp, c):
+        f = lambda b: lsqdiff.lsqr(op, b, damp=damp, **TIGHT_GRAD)[0]  # noqa: E731
+        return jax.linear_transpose(f, jnp.asarray(b))(c)[0]
+
+    for damp in (0.0, 0.5):
+        P = (np.linalg.solve(A.T @ A + damp**2 * np.eye(A.shape[1]), A.T) if damp
+             else np.linalg.pinv(A))
+        assert_close(np.asarray(transpose(damp, jnp.asarray(x_bar))), P.T @ x_bar, 1e-10,
+                     1e-12, f"damp={damp}")
+
+
+def test_linear_transpose_with_x0_is_refused():
+    """A warm start makes the solution affine in b: a clear error, not the loop's."""
+    A, b, x0, _, x_bar = small_problem("wide-x0")
+    f = lambda b: lsqdiff.lsmr(jnp.asarray(A), b, x0=jnp.asarray(x0))[0]  # noqa: E731
+    with pytest.raises(NotImplementedError, match="x0=None"):
+        jax.linear_transpose(f, jnp.asarray(b))
+
+
+def test_vmap_of_grad_over_matrices_and_damps():
+    """vmap of grad over a batch of wide A (the pseudo-inverse primitive's batching
+    rule with a mapped operator) and grad of the vmapped solve agree with pinv;
+    with damp mapped too ([0, 0.3, 0]) every gradient is finite and damp's is 0 at 0."""
+    rng = np.random.default_rng(12)
+    As = jnp.asarray(rng.standard_normal((3, 4, 6)))
+    b = jnp.asarray(rng.standard_normal(4))
+    f = lambda A, d=0.0: jnp.sum(lsqdiff.lsmr(A, b, damp=d, **TIGHT_GRAD)[0] ** 2)  # noqa: E731
+    ref = jax.vmap(jax.grad(lambda A: jnp.sum((jnp.linalg.pinv(A) @ b) ** 2)))(As)
+    got = jax.jit(jax.vmap(jax.grad(f)))(As)
+    assert_close(np.asarray(got), np.asarray(ref), 1e-9, 1e-12, "vmap(grad)")
+    got = jax.jit(jax.grad(lambda As: jnp.sum(jax.vmap(f)(As))))(As)
+    assert_close(np.asarray(got), np.asarray(ref), 1e-9, 1e-12, "grad(vmap)")
+    gA, gd = jax.jit(jax.vmap(jax.grad(f, argnums=(0, 1))))(As, jnp.asarray([0.0, 0.3, 0.0]))
+    assert np.all(np.isfinite(np.asarray(gA))) and np.isfinite(float(gd[1]))
+    assert_close(np.asarray(gA[::2]), np.asarray(ref[::2]), 1e-9, 1e-12, "A at damp 0")
+    assert float(gd[0]) == 0.0 and float(gd[2]) == 0.0

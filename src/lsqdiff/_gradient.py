@@ -19,8 +19,10 @@ solves, never the iterations of the forward solve (DESIGN.md section 2):
 
 :func:`pushforward` is the forward-mode rule (the tangent of ``x`` given the
 tangents of the inputs), written with the same solves: each is passed through
-``backend.linear_solve`` together with its adjoint, so that JAX transposes the
-tangent rule into the reverse-mode rule above at the same number of solves.
+``backend.linear_solve`` (a true inverse, with its adjoint) or
+``backend.min_norm_solve`` (a pseudo-inverse), so that JAX transposes the
+tangent rule into the reverse-mode rule above at the same number of solves, and
+differentiates it again (second derivatives) by each solve's own derivative.
 
 Gradients follow PyTorch's convention for complex numbers (the gradient of a
 real loss is ``dL/dRe + i dL/dIm``, so a product ``A v`` pulls back through
@@ -29,6 +31,7 @@ real loss is ``dL/dRe + i dL/dIm``, so a product ``A v`` pulls back through
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,7 +144,7 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
 def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *,
                 dA: Operator | None, db: Array | None, dx0: Array | None, ddamp: Any, xp: Any,
                 backend: Any, dtype: Any, atol: float, btol: float, ctol: float,
-                maxiter: int | None, damped: bool, assume_full_rank: bool = False,
+                maxiter: int | None, damped: bool | None, assume_full_rank: bool = False,
                 limit: int | None = None, y: Array | None = None) -> Array:
     """The tangent of ``x`` given the inputs' tangents (None: zero).
 
@@ -162,9 +165,23 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
       ``x' = N^-1 (A^H (b' - A' x) + A'^H r)`` with ``N = A^H A``, whose
       solution is the dual of the minimum-norm solve with ``A^H`` (`lsqdiff._dual`).
 
-    Settings and ``y`` as for :func:`pullback`. A tangent solve is skipped when
-    the tangents it acts on are all None.
+    Settings and ``y`` as for :func:`pullback`; ``damped`` None (a traced damp)
+    selects the rule where the solve runs, by ``damp > 0``. A tangent solve is
+    skipped when the tangents it acts on are all None.
     """
+    if damped is None:
+        def rule(damp_: Any, damped_: bool) -> Callable[[], Array]:
+            return lambda: xp.astype(pushforward(
+                op, b, x, x0, damp_, dA=dA, db=db, dx0=dx0, ddamp=ddamp, xp=xp,
+                backend=backend, dtype=dtype, atol=atol, btol=btol, ctol=ctol, maxiter=maxiter,
+                damped=damped_, assume_full_rank=assume_full_rank, limit=limit, y=y), x.dtype)
+
+        # The damped rule divides by damp: it runs on a stand-in damp of 1 where
+        # damp = 0, so that the branch not taken (under vmap both run) cannot leak
+        # a NaN into the tangent or, transposed, into a gradient.
+        positive = damp > 0
+        stand_in = xp.where(positive, damp, xp.ones_like(damp))
+        return backend.select(positive, rule(stand_in, True), rule(damp, False))
     m, n = op.shape
     settings = dict(xp=xp, backend=backend, dtype=dtype, atol=atol, btol=btol, ctol=ctol,
                     maxiter=maxiter, limit=limit)
@@ -194,24 +211,30 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
         def dual_solve(t: Array) -> Array:  # N^-1 t
             return lsmr_on(AH, t, dual=True, **settings)[1]
 
-        return _hermitian_solve(backend, dual_solve, normal(0.0), _sum(normal_terms()), x, xp)
+        t = _sum(normal_terms() + [None if ddamp is None else (-2 * damp * ddamp) * d])
+        return _hermitian_solve(backend, dual_solve, normal(0.0), t, x, xp)
 
-    def pinv(rhs: Array) -> Array:  # A^+ rhs; its adjoint is A^+H
-        return backend.linear_solve(lambda q: lsmr_on(op, q, **settings),
-                                    lambda c: lsmr_on(AH, c, **settings), op.matvec, rhs)
+    def solve(B: Operator, rhs: Array) -> Array:
+        return lsmr_on(B, rhs, **settings)
 
-    def pinv_h(rhs: Array) -> Array:  # A^+H rhs; its adjoint is A^+
-        return backend.linear_solve(lambda s: lsmr_on(AH, s, **settings),
-                                    lambda c: lsmr_on(op, c, **settings), op.rmatvec, rhs)
+    def pinv(rhs: Array) -> Array:  # A^+ rhs
+        return backend.min_norm_solve(op, rhs, False, solve)
 
-    if y is None and dA is not None:
-        y = lsmr_on(AH, d, **settings)
+    def pinv_h(rhs: Array) -> Array:  # A^+H rhs
+        return backend.min_norm_solve(op, rhs, True, solve)
+
+    if y is None and (dA is not None or ddamp is not None):
+        y = pinv_h(d)  # differentiable in A, for second derivatives
     w = _sum([None if dA is None else dA.rmatvec(y), dx0])
     terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]
     if dA is not None and not (assume_full_rank and m < n):  # a wide full-rank A leaves r = 0
         terms.append(pinv_h(dA.rmatvec(b - op.matvec(x))))
+    if ddamp is not None:
+        # A traced damp at 0 (the only way ddamp reaches this rule): the damped
+        # rule's -2 damp damp' (A^H A)^+ d, zero here as x depends on damp^2, but
+        # not its derivative in damp: d^2 x / d damp^2 = -2 (A^H A)^+ d at 0.
+        terms.append((-2 * damp * ddamp) * y)
     q = _sum(terms)
-    # At damp = 0 the solution does not move with damp to first order: no damp' term.
     dx = _sum([None if q is None else pinv(q), w])
     return xp.zeros_like(x) if dx is None else dx
 

@@ -36,7 +36,8 @@ class Prepared:
     take the inputs as arguments so that adapters can pass traced or detached
     versions of them. ``cache_key`` is None, or a hashable key such that every
     `Prepared` with that key has ``backward``, ``tangent`` and ``operator`` that
-    act alike (traced backends compile them once per key).
+    act alike (traced backends compile them once per key). ``carries_dual``: whether
+    ``run_differentiated`` returns a ``y``.
     """
 
     backend: Backend
@@ -49,6 +50,7 @@ class Prepared:
     operator: Callable[[Any], Operator]
     args: tuple[Any, Any, Any, Any]
     cache_key: Any = None
+    carries_dual: bool = False
 
 
 def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: float,
@@ -91,7 +93,7 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
 
     run = runner(settings["options"])
     # A wide full-rank solve hands the gradient y = A^+H (x - x0): its dual.
-    forward_dual = not damped and bool(assume_full_rank) and shape_A[0] < shape_A[1]
+    forward_dual = damped is False and bool(assume_full_rank) and shape_A[0] < shape_A[1]
     run_dual = runner(settings["options"] + (("dual", True),)) if forward_dual else None
     cache_key = None
     if compile_loop:
@@ -123,8 +125,9 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
 
     def backward(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, x_bar: Any,
                  y: Any = None) -> Cotangents:
+        # Only JAX traces damp, and JAX differentiates through `tangent`.
         return pullback(operator(A_), cast(b_), x, cast(x0_), damp_, cast(x_bar), y=y,
-                        **grad_settings)
+                        **{**grad_settings, "damped": damped is not False})
 
     def tangent(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, y: Any, dA: Operator | None,
                 db: Any, dx0: Any, ddamp: Any) -> Any:
@@ -132,7 +135,7 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
                            dx0=cast(dx0), ddamp=ddamp, y=y, **grad_settings)
 
     return Prepared(backend, xp, dtype, run, run_differentiated, backward, tangent, operator,
-                    (A, b, x0, damp), cache_key)
+                    (A, b, x0, damp), cache_key, forward_dual)
 
 
 def solve(method: ModuleType, A: Any, b: Any, **kwargs: Any) -> tuple[Any, dict[str, Any], Backend]:
@@ -143,10 +146,11 @@ def solve(method: ModuleType, A: Any, b: Any, **kwargs: Any) -> tuple[Any, dict[
     return state["x"], state, p.backend
 
 
-def _is_positive(damp: Any) -> bool:
-    """Whether the damped gradient rule applies; a traced damp is taken to be positive."""
+def _is_positive(damp: Any) -> bool | None:
+    """Whether the damped gradient rule applies; None for a traced damp, whose
+    rule is selected where the solve runs (`lsqdiff._gradient.pushforward`)."""
     value = _validate.concrete_float(damp)
-    return value is None or value > 0
+    return None if value is None else value > 0
 
 
 def make_info(state: dict[str, Any], backend: Backend) -> SolveInfo:

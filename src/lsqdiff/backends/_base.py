@@ -81,6 +81,24 @@ class Backend:
 
         record(make_info(state, self))
 
+    def min_norm_solve(self, op: Operator, rhs: Any, adjoint: bool,
+                       solve: Callable[[Operator, Any], Any]) -> Any:
+        """``A^+ rhs`` (``A^+H rhs`` with ``adjoint``) by ``solve(B, rhs)``, the
+        minimum-norm solve with ``B = A`` or ``A^H``.
+
+        The undamped tangent rule (`lsqdiff._gradient.pushforward`) makes its
+        solves here; a framework that differentiates the tangent rule again
+        (JAX: second derivatives) registers the pseudo-inverse's own derivative
+        and transpose for it.
+        """
+        B = Operator((op.shape[1], op.shape[0]), op.rmatvec, op.matvec) if adjoint else op
+        return solve(B, rhs)
+
+    def select(self, pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
+        """``if_true()`` where the 0-d boolean ``pred`` holds, else ``if_false()``;
+        only traced backends meet a ``pred`` that is not a Python bool."""
+        return if_true() if pred else if_false()
+
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` compiled once per ``key`` (its static settings); eager backends run it as is."""
         return fn

@@ -1,13 +1,17 @@
 """JAX adapter: the loop is a ``lax.while_loop`` so solves trace under ``jit`` and
 ``vmap``, and the solve is a ``jax.custom_jvp`` whose tangent is
-`lsqdiff._gradient.pushforward`. Its solves are ``lax.custom_linear_solve``
-calls that declare their adjoints, so JAX transposes the tangent into the
-gradient (``jax.grad``, ``jax.vjp``) with the solves of
-`lsqdiff._gradient.pullback`; the loops themselves are never differentiated."""
+`lsqdiff._gradient.pushforward`. Its solves with a true inverse (damped, or
+``assume_full_rank`` tall) are ``lax.custom_linear_solve`` calls; its
+pseudo-inverse solves are a primitive of this module, ``lsqdiff_min_norm_solve``,
+with the pseudo-inverse's own derivative, transpose and batching rules. So JAX
+transposes the tangent into the gradient (``jax.grad``, ``jax.vjp``) with the
+solves of `lsqdiff._gradient.pullback`, and differentiates it again into exact
+second derivatives; the loops themselves are never differentiated in reverse."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -15,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.experimental import sparse as jsparse
+from jax.extend.core import ClosedJaxpr, Jaxpr, Primitive, jaxpr_as_fun
+from jax.interpreters import ad, batching, mlir
+from jax.interpreters import partial_eval as pe
 
 from .._info import SolveInfo
 from ..operator import LinearOperator, MatVec, Operator
@@ -49,10 +56,29 @@ class JaxBackend(Backend):
 
         @jax.custom_jvp
         def solve(A_args: Any, b: Any, x0: Any, damp: Any) -> State:
-            return p.run(rebuild(A_args), b, x0, damp)
+            state = p.run(rebuild(A_args), b, x0, damp)
+            if _being_transposed(b):
+                # jax.linear_transpose: the loop has no transpose, but with A, damp
+                # fixed and no x0, x is the tangent in b along b itself, whose
+                # solves transpose (the min-norm solve with A^H; damped, A M^-1).
+                # The loop stays for the diagnostics, and is dropped as dead code
+                # unless they are returned too.
+                if x0 is not None:
+                    raise NotImplementedError(
+                        "jax.linear_transpose of lsqdiff.lsmr/lsqr in b needs x0=None: "
+                        "with a warm start the solution is affine in b, not linear")
+                x = p.tangent(rebuild(A_args), b, None, damp, jnp.zeros_like(state["x"]), None,
+                              None, b, None, None)
+                state = {**state, "x": x.astype(state["x"].dtype)}
+            return state
 
         def jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[State, State]:
-            state, y = p.run_differentiated(rebuild(primals[0]), *primals[1:])
+            if p.carries_dual:
+                state, y = p.run_differentiated(rebuild(primals[0]), *primals[1:])
+            else:
+                # The solve itself, not its loop: differentiated again (second
+                # derivatives, reverse over reverse) it takes this rule again.
+                state, y = solve(*primals), None
             # Which inputs move: the others are symbolic zeros, and their solves are skipped.
             moving = tuple(_moves(t) for t in tangents)
             dots = [_instantiate(t, x) if move else None
@@ -103,6 +129,17 @@ class JaxBackend(Backend):
             lambda _, ps: (jnp.zeros_like(ps[0]), solve(ps[0])),
             lambda _, cs: (jnp.conj(adjoint(jnp.conj(cs[1]))), jnp.zeros_like(cs[1])))
         return x
+
+    def min_norm_solve(self, op: Operator, rhs: Any, adjoint: bool,
+                       solve: Callable[[Operator, Any], Any]) -> Any:
+        # A primitive of its own: lax.custom_linear_solve's JVP in the operator,
+        # x' = solve(b' - A' x), holds only for an invertible A and would drop two
+        # terms of the pseudo-inverse's derivative from every second derivative.
+        spec, consts = _min_norm_spec(op.matvec, op.rmatvec, op.shape, rhs.dtype, None, solve)
+        return _min_norm(spec, consts, rhs, adjoint)
+
+    def select(self, pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
+        return jax.lax.cond(pred, if_true, if_false)
 
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
         # Without this every eager call would retrace and recompile the loop.
@@ -221,6 +258,13 @@ def _tangent_operator(p: Prepared, rebuild: Callable[[Any], Any], A_args: Any,
     return Operator(p.operator(rebuild(A_args)).shape, along("matvec"), along("rmatvec"))
 
 
+def _being_transposed(b: Any) -> bool:
+    """Whether ``b`` is an unknown of a partial evaluation: JAX evaluates a
+    ``custom_jvp`` function itself on those only to build a linear function to
+    transpose (``jax.linear_transpose``); differentiation calls its JVP rule."""
+    return isinstance(b, pe.JaxprTracer) and not b.pval.is_known()
+
+
 def _moves(tangent: Any) -> bool:
     """Whether an input's tangent has a leaf that is not a (symbolic) zero."""
     return any(not isinstance(t, SymbolicZero) and t.dtype != jax.dtypes.float0
@@ -241,3 +285,147 @@ def _instantiate(tangent: Any, primal: Any) -> Any:
 
     return jax.tree_util.tree_map(leaf, tangent, primal,
                                   is_leaf=lambda t: isinstance(t, SymbolicZero))
+
+
+# --------------------------------------------------------------------------- #
+# The minimum-norm solve as a primitive: x = B^+ rhs for B = A or A^H
+# --------------------------------------------------------------------------- #
+
+@dataclass(frozen=True, eq=False)  # compared by identity, as JAX compares jaxprs
+class _MinNormSpec:
+    """A's products as jaxprs over their closed-over arrays (the primitive's
+    leading operands: ``n_matvec`` for ``matvec``, then ``rmatvec``'s), and the
+    solve ``(Operator, rhs) -> x``. ``block`` is None when the products take
+    vectors (blocks are mapped column by column), else the one block width they take."""
+
+    shape: tuple[int, int]
+    matvec: Jaxpr
+    rmatvec: Jaxpr
+    n_matvec: int
+    block: int | None
+    solve: Callable[[Operator, Any], Any]
+
+
+def _min_norm_spec(matvec: MatVec, rmatvec: MatVec, shape: tuple[int, int], dtype: Any,
+                   block: int | None, solve: Callable[[Operator, Any], Any]
+                   ) -> tuple[_MinNormSpec, list[Any]]:
+    """Trace the products once; every array they close over becomes an operand
+    (so the primitive sees, differentiates and batches them)."""
+    m, n = shape
+    tail = () if block is None else (block,)
+    mv = jax.make_jaxpr(matvec)(jax.ShapeDtypeStruct((n,) + tail, dtype))
+    rmv = jax.make_jaxpr(rmatvec)(jax.ShapeDtypeStruct((m,) + tail, dtype))
+    spec = _MinNormSpec((m, n), mv.jaxpr, rmv.jaxpr, len(mv.consts), block, solve)
+    return spec, list(mv.consts) + list(rmv.consts)
+
+
+def _product(spec: _MinNormSpec, consts: Any, name: str, v: Any) -> Any:
+    """``A v`` (name "matvec") or ``A^H v`` ("rmatvec") with A's arrays ``consts``."""
+    jaxpr, c = ((spec.matvec, consts[:spec.n_matvec]) if name == "matvec"
+                else (spec.rmatvec, consts[spec.n_matvec:]))
+    f = lambda w: jaxpr_as_fun(ClosedJaxpr(jaxpr, list(c)))(w)[0]  # noqa: E731
+    if spec.block is None and v.ndim == 2:
+        return jax.vmap(f, in_axes=1, out_axes=1)(v)
+    return f(v)
+
+
+def _names(adjoint: bool) -> tuple[str, str]:
+    """The products with B and with B^H."""
+    return ("rmatvec", "matvec") if adjoint else ("matvec", "rmatvec")
+
+
+def _min_norm(spec: _MinNormSpec, consts: Any, rhs: Any, adjoint: bool) -> Any:
+    return _min_norm_p.bind(*consts, rhs, spec=spec, adjoint=adjoint)
+
+
+def _min_norm_impl(*args: Any, spec: _MinNormSpec, adjoint: bool) -> Any:
+    consts, rhs = args[:-1], args[-1]
+    b, bh = _names(adjoint)
+    m, n = spec.shape
+    op = Operator((n, m) if adjoint else (m, n), lambda v: _product(spec, consts, b, v),
+                  lambda u: _product(spec, consts, bh, u))
+    # The solve runs in the solve's dtype; the result keeps the rhs's, as declared.
+    return spec.solve(op, rhs).astype(rhs.dtype)
+
+
+def _min_norm_abstract(*args: Any, spec: _MinNormSpec, adjoint: bool) -> Any:
+    rhs = args[-1]
+    m, n = spec.shape
+    return jax.core.ShapedArray(((m if adjoint else n),) + tuple(rhs.shape[1:]), rhs.dtype)
+
+
+def _min_norm_jvp(primals: Any, tangents: Any, *, spec: _MinNormSpec, adjoint: bool) -> Any:
+    """Golub & Pereyra's derivative of the pseudo-inverse, with ``y = B^+H x``,
+    ``r = rhs - B x`` and ``w = B'^H y``:
+    ``x' = B^+ (rhs' - B' x - B w + B^+H B'^H r) + w``. Every solve in it is this
+    primitive, so the tangent is itself differentiable and transposable."""
+    consts, rhs = primals[:-1], primals[-1]
+    dconsts, drhs = tangents[:-1], tangents[-1]
+    x = _min_norm(spec, consts, rhs, adjoint)
+    moving = any(type(t) is not ad.Zero for t in dconsts)
+    if not moving:
+        if type(drhs) is ad.Zero:
+            return x, ad.Zero.from_primal_value(x)
+        return x, _min_norm(spec, consts, drhs, adjoint)
+    dconsts = tuple(ad.instantiate_zeros(t) for t in dconsts)
+    b, bh = _names(adjoint)
+
+    def along(name: str, v: Any) -> Any:  # B' v or B'^H v
+        return jax.jvp(lambda *c: _product(spec, c, name, v), tuple(consts), dconsts)[1]
+
+    y = _min_norm(spec, consts, x, not adjoint)
+    w = along(bh, y)
+    r = rhs - _product(spec, consts, b, x)
+    q = (-along(b, x) - _product(spec, consts, b, w)
+         + _min_norm(spec, consts, along(bh, r), not adjoint))
+    if type(drhs) is not ad.Zero:
+        q = q + drhs
+    return x, _min_norm(spec, consts, q, adjoint) + w
+
+
+def _min_norm_transpose(ct: Any, *args: Any, spec: _MinNormSpec, adjoint: bool) -> list[Any]:
+    # JAX's transpose is unconjugated: (B^+)^T c = conj(B^+H conj(c)), B^+H = (B^H)^+.
+    consts, rhs = args[:-1], args[-1]
+    if any(ad.is_undefined_primal(c) for c in consts):
+        raise NotImplementedError("lsqdiff: a solve is not linear in its operator A; "
+                                  "it can be transposed only in b")
+    if type(ct) is ad.Zero:
+        return [None] * len(consts) + [ad.Zero(rhs.aval)]
+    return [None] * len(consts) + [jnp.conj(_min_norm(spec, consts, jnp.conj(ct), not adjoint))]
+
+
+def _min_norm_batch(args: Any, dims: Any, *, spec: _MinNormSpec, adjoint: bool) -> Any:
+    """The mapped right-hand sides become columns of one block solve (LSMR runs
+    its columns independently); a mapped operator acts on its own columns."""
+    consts, rhs = args[:-1], args[-1]
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    rhs = (jnp.moveaxis(rhs, dims[-1], -1) if dims[-1] is not None
+           else jnp.broadcast_to(rhs[..., None], rhs.shape + (size,)))
+    cols = rhs.shape[1:-1]
+    flat = rhs.reshape(rhs.shape[0], -1)
+    if spec.block is None and all(d is None for d in dims[:-1]):
+        out = _min_norm(spec, consts, flat, adjoint)
+    else:
+        def mapped(name: str) -> MatVec:
+            def product(V: Any) -> Any:
+                V = V.reshape(V.shape[0], -1, size)
+                out = jax.vmap(lambda c, v: _product(spec, c, name, v),
+                               in_axes=(tuple(dims[:-1]), 2), out_axes=2)(tuple(consts), V)
+                return out.reshape(out.shape[0], -1)
+
+            return product
+
+        batched, bconsts = _min_norm_spec(mapped("matvec"), mapped("rmatvec"), spec.shape,
+                                          flat.dtype, flat.shape[1], spec.solve)
+        out = _min_norm(batched, bconsts, flat, adjoint)
+    out = out.reshape((out.shape[0],) + cols + (size,))
+    return out, out.ndim - 1
+
+
+_min_norm_p = Primitive("lsqdiff_min_norm_solve")
+_min_norm_p.def_impl(_min_norm_impl)
+_min_norm_p.def_abstract_eval(_min_norm_abstract)
+ad.primitive_jvps[_min_norm_p] = _min_norm_jvp
+ad.primitive_transposes[_min_norm_p] = _min_norm_transpose
+batching.primitive_batchers[_min_norm_p] = _min_norm_batch
+mlir.register_lowering(_min_norm_p, mlir.lower_fun(_min_norm_impl, multiple_results=False))
