@@ -37,10 +37,10 @@ def start(op: Operator, b: Any, x0: Any, S: Any, norm: Norm) -> tuple[Any, Any, 
     """First step from ``b - A x0``: returns ``u, v, alpha, beta``."""
     u = b if x0 is None else b - op.matvec(x0)
     beta = norm(u)
-    u = u * S.recip(beta)
+    u = NEW_ARRAYS.scale(S.recip(beta), u)  # never in place: u may be b
     v = op.rmatvec(u)
     alpha = norm(v)
-    return u, v * S.recip(alpha), alpha, beta
+    return u, NEW_ARRAYS.scale(S.recip(alpha), v), alpha, beta
 
 
 def step(op: Operator, u: Any, v: Any, alpha: Any, S: Any, norm: Norm,

@@ -10,6 +10,9 @@ below and run on one of two implementations:
 * `ArrayScalars` -- arrays of the solve's namespace, shape ``()`` or
   ``(k,)``. Used when the loop is traced (JAX) and for ``k`` right-hand sides,
   where every column has its own recurrences.
+
+Both give `pow2`, the power of two the recurrences are normalised by
+(`lsqdiff._stopping.start`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ class HostScalars:
     """Scalar operations on Python floats, with IEEE semantics for division."""
 
     batched = False
-    #: A "no minimum yet" starting value: SciPy's 1e100.
-    big = 1e100
 
     def const(self, value: Any) -> float:
         return concrete_float(value)
@@ -83,6 +84,14 @@ class HostScalars:
         """``1/a`` for ``a > 0``, else 0: normalising a zero vector leaves it zero."""
         return 1.0 / a if a > 0 else 0.0
 
+    @staticmethod
+    def pow2(a: float) -> float:
+        """A power of two within a factor 2 of ``a > 0`` (1 for 0, NaN or Inf):
+        dividing by it is exact."""
+        if not (a > 0 and math.isfinite(a)):
+            return 1.0
+        return math.ldexp(1.0, math.frexp(a)[1] - 1)
+
 
 class ArrayScalars:
     """Scalar operations on 0-d or ``(k,)`` arrays of namespace ``xp``."""
@@ -94,7 +103,6 @@ class ArrayScalars:
         self.dtype = dtype
         self.device = device
         self.shape = shape
-        self.big = min(1e100, float(xp.finfo(dtype).max))
         self.sqrt = xp.sqrt
         self.hypot = xp.hypot
         self.abs = xp.abs
@@ -131,3 +139,11 @@ class ArrayScalars:
         """``1/a`` where ``a > 0``, else 0, without dividing by zero anywhere."""
         positive = a > 0
         return self.where(positive, 1 / self.where(positive, a, 1.0), 0.0)
+
+    def pow2(self, a: Any) -> Any:
+        """A power of two within a factor 2 of ``a > 0`` (1 for 0, NaN or Inf).
+        ``2.0 ** k`` for integral ``k`` is exact in NumPy, PyTorch and XLA on CPU;
+        where a framework rounds it, the normalisation is merely inexact."""
+        xp = self.xp
+        ok = xp.logical_and(a > 0, xp.isfinite(a))
+        return self.where(ok, 2.0 ** xp.floor(xp.log2(self.where(ok, a, 1.0))), 1.0)

@@ -18,7 +18,7 @@ from jax.experimental import sparse as jsparse
 
 from .._info import SolveInfo
 from ..operator import LinearOperator, MatVec, Operator
-from ._base import Backend, State
+from ._base import Backend, State, plain_norm_ok, scaled_norm
 
 if TYPE_CHECKING:
     from .._solve import Prepared
@@ -103,6 +103,14 @@ class JaxBackend(Backend):
             lambda _, ps: (jnp.zeros_like(ps[0]), solve(ps[0])),
             lambda _, cs: (jnp.conj(adjoint(jnp.conj(cs[1]))), jnp.zeros_like(cs[1])))
         return x
+
+    def array_norm(self, v: Any) -> Any:
+        # The scaled norm runs only when a plain one may have lost something
+        # (`lsqdiff.backends._base`); under vmap the cond computes both.
+        r = jnp.linalg.vector_norm(v, axis=0)
+        ok = plain_norm_ok(r, jnp, v.dtype)
+        return jax.lax.cond(jnp.all(ok), lambda: r,
+                            lambda: jnp.where(ok, r, scaled_norm(jnp, v)))
 
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
         # Without this every eager call would retrace and recompile the loop.

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..operator import Operator
-from ._base import Backend
+from ._base import Backend, plain_norm_ok
 
 
 def _scipy_sparse() -> Any:
@@ -21,9 +21,12 @@ class NumpyBackend(Backend):
     name = "numpy"
 
     def host_norm(self, v: Any) -> float:
-        if v.dtype.kind == "f" and v.ndim == 1:
-            return math.sqrt(float(np.dot(v, v)))  # what np.linalg.norm does for 1-D, minus overhead
-        return float(np.linalg.norm(v))
+        if v.dtype in (np.float64, np.float32) and v.ndim == 1:
+            # What np.linalg.norm does for 1-D, minus overhead.
+            r = math.sqrt(float(np.dot(v, v)))
+            if plain_norm_ok(r, np, v.dtype):
+                return r
+        return super().host_norm(v)
 
     def solve_context(self) -> Any:
         # Stopped columns of a 2-D b may divide by zero; their results are masked.
