@@ -30,7 +30,9 @@ class NumpyBackend(Backend):
 
     def solve_context(self) -> Any:
         # Stopped columns of a 2-D b may divide by zero; their results are masked.
-        return np.errstate(divide="ignore", invalid="ignore")
+        # Norms first try plain squares, which may under- or overflow (then they
+        # scale: `lsqdiff.backends._base`).
+        return np.errstate(all="ignore")
 
     def dense_operator(self, A: Any) -> Operator:
         # np.matrix would turn A @ v into a (1, m) matrix: use the plain array.
