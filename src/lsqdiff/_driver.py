@@ -26,11 +26,12 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
     x0 = None if x0 is None else xp.astype(x0, dtype, copy=True)
     batch = tuple(b.shape[1:])
     scalar_dtype = real_dtype(xp, dtype)
+    tiny = float(xp.finfo(dtype).smallest_normal)
     if backend.traced or batch:
-        S: Any = ArrayScalars(xp, scalar_dtype, device, batch)
+        S: Any = ArrayScalars(xp, scalar_dtype, device, batch, tiny)
         norm = backend.array_norm
     else:
-        S, norm = HostScalars(), backend.host_norm
+        S, norm = HostScalars(tiny), backend.host_norm
     if xp.finfo(dtype).bits < 32:  # half precision: norms too in the scalars' float32
         norm = _in_dtype(norm, xp, scalar_dtype)
     m, n = op.shape

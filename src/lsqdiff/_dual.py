@@ -40,6 +40,6 @@ def advance(S: Any, V: Any, zv: Any, u: Any, alpha: Any, beta: Any) -> Any:
     """Preimage of the new ``v`` given the bidiagonalisation's new ``u, alpha,
     beta``; where ``beta = 0`` the bidiagonalisation has ended and, like ``v``,
     it keeps its value. ``V`` (`lsqdiff._vectors`) may update ``zv`` in place."""
-    if V.inplace and not beta > 0:
+    if V.inplace and not beta >= S.tiny:
         return zv
-    return S.where(beta > 0, V.scale(S.recip(alpha), V.xpay(u, -beta, zv)), zv)
+    return S.where(beta >= S.tiny, V.scale(S.recip(alpha), V.xpay(u, -beta, zv)), zv)

@@ -24,9 +24,15 @@ from ._validate import concrete_float
 
 
 class HostScalars:
-    """Scalar operations on Python floats, with IEEE semantics for division."""
+    """Scalar operations on Python floats, with IEEE semantics for division.
+
+    ``tiny`` is the smallest normal number of the vectors' dtype (`recip`).
+    """
 
     batched = False
+
+    def __init__(self, tiny: float):
+        self.tiny = tiny
 
     def const(self, value: Any) -> float:
         return concrete_float(value)
@@ -79,10 +85,12 @@ class HostScalars:
             return math.nan
         return math.copysign(math.inf, a) * math.copysign(1.0, b)
 
-    @staticmethod
-    def recip(a: float) -> float:
-        """``1/a`` for ``a > 0``, else 0: normalising a zero vector leaves it zero."""
-        return 1.0 / a if a > 0 else 0.0
+    def recip(self, a: float) -> float:
+        """``1/a`` for ``a`` at least ``tiny``, else 0: normalising a zero vector
+        leaves it zero, and so does normalising one whose norm is subnormal (as
+        where subnormals are flushed to zero, XLA on CPU): its reciprocal may
+        overflow, and a vector of subnormals is rounding noise."""
+        return 1.0 / a if a >= self.tiny else 0.0
 
     @staticmethod
     def pow2(a: float) -> float:
@@ -98,11 +106,12 @@ class ArrayScalars:
 
     batched = True
 
-    def __init__(self, xp: Any, dtype: Any, device: Any, shape: tuple[int, ...]):
+    def __init__(self, xp: Any, dtype: Any, device: Any, shape: tuple[int, ...], tiny: float):
         self.xp = xp
         self.dtype = dtype
         self.device = device
         self.shape = shape
+        self.tiny = tiny
         self.sqrt = xp.sqrt
         self.hypot = xp.hypot
         self.abs = xp.abs
@@ -136,8 +145,9 @@ class ArrayScalars:
         return a / b
 
     def recip(self, a: Any) -> Any:
-        """``1/a`` where ``a > 0``, else 0, without dividing by zero anywhere."""
-        positive = a > 0
+        """``1/a`` where ``a`` is at least ``tiny``, else 0 (`HostScalars.recip`),
+        without dividing by zero anywhere."""
+        positive = a >= self.tiny
         return self.where(positive, 1 / self.where(positive, a, 1.0), 0.0)
 
     def pow2(self, a: Any) -> Any:

@@ -39,10 +39,11 @@ def scaled_norm(xp: Any, v: Any) -> Any:
     """Column norms of ``(n,)`` or ``(n, k)`` computed as ``s ||v / s||`` with
     ``s`` the largest magnitude: no square can overflow, and those that underflow
     are negligible. Zero, Inf and NaN columns give 0, Inf and NaN."""
-    s = xp.max(xp.abs(v), axis=0)
+    a = xp.abs(v)  # real, also for complex v (whose division by a subnormal may overflow)
+    s = xp.max(a, axis=0)
     good = xp.logical_and(s > 0, s < math.inf)
     s1 = xp.where(good, s, xp.ones_like(s))
-    return xp.where(good, s1 * xp.linalg.vector_norm(v / xp.astype(s1, v.dtype), axis=0), s)
+    return xp.where(good, s1 * xp.linalg.vector_norm(a / s1, axis=0), s)
 
 
 class Backend:
