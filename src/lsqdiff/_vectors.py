@@ -31,7 +31,7 @@ def like(a: Any, y: Any) -> Any:
     """Scalar ``a`` (a Python number, or an array of the recurrences' real dtype)
     in vector ``y``'s dtype: a complex or half-precision vector must not be
     promoted by its real scalars (under JAX's strict promotion that is an error)."""
-    if hasattr(a, "dtype") and a.dtype != y.dtype:
+    if not isinstance(a, float) and hasattr(a, "dtype") and a.dtype != y.dtype:
         return aac.array_namespace(y).astype(a, y.dtype)
     return a
 

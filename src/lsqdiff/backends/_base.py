@@ -16,7 +16,16 @@ if TYPE_CHECKING:
 State = dict[str, Any]
 
 
-_floors: dict[str, float] = {}
+_floors: dict[Any, float] = {}
+
+
+def norm_floor(xp: Any, dtype: Any) -> float:
+    """The smallest norm `plain_norm_ok` accepts for vectors of ``dtype``."""
+    floor = _floors.get(dtype)
+    if floor is None:
+        info = xp.finfo(dtype)
+        floor = _floors[dtype] = math.sqrt(float(info.smallest_normal)) / float(info.eps)
+    return floor
 
 
 def plain_norm_ok(r: Any, xp: Any, dtype: Any) -> Any:
@@ -25,11 +34,7 @@ def plain_norm_ok(r: Any, xp: Any, dtype: Any) -> Any:
     squares only grow) and at least ``sqrt(tiny) / eps``, so that the squares
     that underflowed (each below ``tiny``) weigh less than ``eps**2`` of the sum
     of a billion of them. NaN is not: `scaled_norm` gives it back."""
-    key = str(dtype)
-    if key not in _floors:
-        info = xp.finfo(dtype)
-        _floors[key] = math.sqrt(float(info.smallest_normal)) / float(info.eps)
-    floor = _floors[key]
+    floor = norm_floor(xp, dtype)
     if isinstance(r, float):
         return floor <= r < math.inf
     return xp.logical_and(r >= floor, r < math.inf)

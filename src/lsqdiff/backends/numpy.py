@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 
 from ..operator import Operator
-from ._base import Backend, plain_norm_ok
+from ._base import Backend, norm_floor
+
+#: `lsqdiff.backends._base.plain_norm_ok`'s floor for the dtypes with a fast host norm.
+_REAL_FLOORS = {np.dtype(t): norm_floor(np, np.dtype(t)) for t in (np.float64, np.float32)}
 
 
 def _scipy_sparse() -> Any:
@@ -21,10 +24,11 @@ class NumpyBackend(Backend):
     name = "numpy"
 
     def host_norm(self, v: Any) -> float:
-        if v.dtype in (np.float64, np.float32) and v.ndim == 1:
-            # What np.linalg.norm does for 1-D, minus overhead.
+        floor = _REAL_FLOORS.get(v.dtype)
+        if floor is not None and v.ndim == 1:
+            # What np.linalg.norm does for 1-D, minus overhead (and its check inlined).
             r = math.sqrt(float(np.dot(v, v)))
-            if plain_norm_ok(r, np, v.dtype):
+            if floor <= r < math.inf:
                 return r
         return super().host_norm(v)
 
