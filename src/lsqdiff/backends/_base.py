@@ -16,15 +16,16 @@ if TYPE_CHECKING:
 State = dict[str, Any]
 
 
-_floors: dict[Any, float] = {}
+_floors: dict[tuple[Any, Any], float] = {}
 
 
 def norm_floor(xp: Any, dtype: Any) -> float:
     """The smallest norm `plain_norm_ok` accepts for vectors of ``dtype``."""
-    floor = _floors.get(dtype)
+    key = (xp, dtype)  # never compares dtypes of two frameworks (array-api-strict warns)
+    floor = _floors.get(key)
     if floor is None:
         info = xp.finfo(dtype)
-        floor = _floors[dtype] = math.sqrt(float(info.smallest_normal)) / float(info.eps)
+        floor = _floors[key] = math.sqrt(float(info.smallest_normal)) / float(info.eps)
     return floor
 
 
