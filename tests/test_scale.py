@@ -84,6 +84,18 @@ def test_lsqr_small_scales(xp, sA, sb):
     assert rel_err(to_np(x) * sA / sb, lstsq_ref(A, b)) < 1e-5
 
 
+@pytest.mark.parametrize("s", [1e-4, 1e-100, 1e100])
+def test_condition_estimate_is_scale_free(xp, s):
+    """LSMR's cond(A) estimate does not change when A is scaled. SciPy's counts
+    its starting rhobar = 1 among the rbar's, so for ||A|| < 1 it grows like
+    1 / ||A|| (A * 1e-11 stopped with istop 3 at iteration 1)."""
+    A, b = make_problem((40, 30), "well", seed=0)
+    kw = dict(maxiter=10, atol=0.0, btol=0.0, conlim=0.0)
+    _, ref = lsqdiff.lsmr(A, b, **kw)
+    _, info = lsqdiff.lsmr(to_xp(xp, A * s), to_xp(xp, b), **kw)
+    np.testing.assert_allclose(float(info_np(info)["conda"]), ref.conda, rtol=1e-12)
+
+
 def test_columns_at_different_scales(xp, solver):
     """Each column of a 2-D b has its own normalisation."""
     A, B = make_problem((8, 5), "well", seed=1, k=3)
