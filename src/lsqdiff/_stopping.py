@@ -5,12 +5,14 @@ Scale: the vectors (``x``, ``u``, ``v``, ...) are in the problem's units, but
 the scalar recurrences run on the problem scaled by powers of two, ``A / sa``
 and ``b / sb``, with ``sa`` and ``sb`` within a factor 2 of the first
 ``alpha = ||A^H u_1||`` and ``beta = ||b - A x0||`` (`start`). In those units
-every scalar is of order one (times the condition number), so no product,
-square or quotient of them under- or overflows, whatever the scale of ``A``
-and ``b``; and since scaling by a power of two is exact, the recurrences give
-SciPy's numbers bit for bit wherever SciPy's own do not under- or overflow.
-The stopping tests are ratios, the same in either units; the diagnostics are
-reported in the problem's units.
+every scalar is of order one, up to factors of the condition number, so
+SciPy's products and squares of them (``normA2``, ``d``, ``xxnorm``,
+``ddnorm``, ``rho * rhobar`` ...) under- or overflow only for a condition
+number near 1e150, whatever the scale of ``A`` and ``b``; and since scaling
+by a power of two is exact, the recurrences give SciPy's numbers (to
+rounding: Python's ``x ** 2`` may differ from ``x * x`` by an ulp) wherever
+SciPy's own do not under- or overflow. The stopping tests are ratios, the
+same in either units; the diagnostics are reported in the problem's units.
 """
 
 from __future__ import annotations
