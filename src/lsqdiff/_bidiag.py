@@ -37,10 +37,10 @@ def start(op: Operator, b: Any, x0: Any, S: Any, norm: Norm) -> tuple[Any, Any, 
     """First step from ``b - A x0``: returns ``u, v, alpha, beta``."""
     u = b if x0 is None else b - op.matvec(x0)
     beta = norm(u)
-    u = u * S.recip(beta)
+    u = NEW_ARRAYS.scale(S.recip(beta), u)  # never in place: u may be b
     v = op.rmatvec(u)
     alpha = norm(v)
-    return u, v * S.recip(alpha), alpha, beta
+    return u, NEW_ARRAYS.scale(S.recip(alpha), v), alpha, beta
 
 
 def step(op: Operator, u: Any, v: Any, alpha: Any, S: Any, norm: Norm,
@@ -48,14 +48,15 @@ def step(op: Operator, u: Any, v: Any, alpha: Any, S: Any, norm: Norm,
     """One more step: returns the next ``u, v, alpha, beta``.
 
     Where ``beta = 0`` the bidiagonalisation has ended and, as in SciPy,
-    ``v`` and ``alpha`` keep their values. ``V`` (`lsqdiff._vectors`) may
+    ``v`` and ``alpha`` keep their values; so it has where ``beta`` is
+    subnormal (`lsqdiff._scalars.HostScalars.recip`). ``V`` (`lsqdiff._vectors`) may
     update ``u`` and ``v`` in place, and then takes ``A^H u`` in the pieces
     the operator gives, where it gives them.
     """
     u = V.xpay(op.matvec(v), -alpha, u)
     beta = norm(u)
     u = V.scale(S.recip(beta), u)
-    going = beta > 0
+    going = beta >= S.tiny
     if V.inplace and not going:  # one column, host scalars: keep v as it is
         return u, v, alpha, beta
     pieces = V.inplace and op.rmatvec_pieces is not None

@@ -31,12 +31,19 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
     b = xp.astype(b, dtype)
     x0 = None if x0 is None else xp.astype(x0, dtype, copy=True)
     batch = tuple(b.shape[1:])
+    scalar_dtype = real_dtype(xp, dtype)
+    tiny = float(xp.finfo(dtype).smallest_normal)
     if backend.traced or batch:
-        S: Any = ArrayScalars(xp, real_dtype(xp, dtype), device, batch)
+        S: Any = ArrayScalars(xp, scalar_dtype, device, batch, tiny)
         norm = backend.array_norm
     else:
-        S, norm = HostScalars(), backend.host_norm
+        S, norm = HostScalars(tiny), backend.host_norm
+    if xp.finfo(dtype).bits < 32:  # half precision: norms too in the scalars' float32
+        norm = _in_dtype(norm, xp, scalar_dtype)
     m, n = op.shape
+    # The iteration count is an int32 under JAX and for several right-hand sides;
+    # no solve runs 2**31 - 1 iterations, so a larger limit means "no limit".
+    maxiter = min(maxiter, _validate.MAX_ITERATIONS)
     problem = Problem(
         op=op, S=S, norm=norm,
         zeros_x=lambda: xp.zeros((n,) + batch, dtype=dtype, device=device),
@@ -107,4 +114,12 @@ def as_operator(A: Any, xp: Any, backend: Backend, dtype: Any, device: Any) -> O
 
 
 def real_dtype(xp: Any, dtype: Any) -> Any:
-    return xp.float32 if dtype in (xp.float32, xp.complex64) else xp.float64
+    """The dtype of the scalar recurrences (and of damp's cotangent) for a solve in
+    ``dtype``: float32 for float32 and complex64, and for float16 and bfloat16,
+    whose range and precision are too small for them; else float64."""
+    return xp.float32 if xp.finfo(dtype).bits <= 32 else xp.float64
+
+
+def _in_dtype(norm: Any, xp: Any, dtype: Any) -> Any:
+    """``norm`` computed on its vector cast to ``dtype``."""
+    return lambda v: norm(xp.astype(v, dtype))

@@ -25,19 +25,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._vectors import NEW_ARRAYS
+
 #: The state entries the dual adds to LSMR's and LSQR's (``zx`` is the result).
 STATE_KEYS = ("zx", "zv", "zh", "zhbar", "zw")
 
 
 def start(S: Any, u: Any, alpha: Any, zeros_b: Any) -> dict[str, Any]:
     """Preimages after the bidiagonalisation's first step: ``z(v_1)`` and ``z_0 = 0``."""
-    return dict(zv=u * S.recip(alpha), zx=zeros_b)
+    return dict(zv=NEW_ARRAYS.scale(S.recip(alpha), u), zx=zeros_b)
 
 
 def advance(S: Any, V: Any, zv: Any, u: Any, alpha: Any, beta: Any) -> Any:
     """Preimage of the new ``v`` given the bidiagonalisation's new ``u, alpha,
     beta``; where ``beta = 0`` the bidiagonalisation has ended and, like ``v``,
     it keeps its value. ``V`` (`lsqdiff._vectors`) may update ``zv`` in place."""
-    if V.inplace and not beta > 0:
+    if V.inplace and not beta >= S.tiny:
         return zv
-    return S.where(beta > 0, V.scale(S.recip(alpha), V.xpay(u, -beta, zv)), zv)
+    return S.where(beta >= S.tiny, V.scale(S.recip(alpha), V.xpay(u, -beta, zv)), zv)

@@ -10,6 +10,9 @@ below and run on one of two implementations:
 * `ArrayScalars` -- arrays of the solve's namespace, shape ``()`` or
   ``(k,)``. Used when the loop is traced (JAX) and for ``k`` right-hand sides,
   where every column has its own recurrences.
+
+Both give `pow2`, the power of two the recurrences are normalised by
+(`lsqdiff._stopping.start`).
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ from ._validate import concrete_float
 
 
 class HostScalars:
-    """Scalar operations on Python floats, with IEEE semantics for division."""
+    """Scalar operations on Python floats, with IEEE semantics for division.
+
+    ``tiny`` is the smallest normal number of the vectors' dtype (`recip`).
+    """
 
     batched = False
-    #: A "no minimum yet" starting value: SciPy's 1e100.
-    big = 1e100
+
+    def __init__(self, tiny: float):
+        self.tiny = tiny
 
     def const(self, value: Any) -> float:
         return concrete_float(value)
@@ -78,10 +85,20 @@ class HostScalars:
             return math.nan
         return math.copysign(math.inf, a) * math.copysign(1.0, b)
 
+    def recip(self, a: float) -> float:
+        """``1/a`` for ``a`` at least ``tiny``, else 0: normalising a zero vector
+        leaves it zero, and so does normalising one whose norm is subnormal (as
+        where subnormals are flushed to zero, XLA on CPU): its reciprocal may
+        overflow, and a vector of subnormals is rounding noise."""
+        return 1.0 / a if a >= self.tiny else 0.0
+
     @staticmethod
-    def recip(a: float) -> float:
-        """``1/a`` for ``a > 0``, else 0: normalising a zero vector leaves it zero."""
-        return 1.0 / a if a > 0 else 0.0
+    def pow2(a: float) -> float:
+        """A power of two within a factor 2 of ``a > 0`` (1 for 0, NaN or Inf):
+        dividing by it is exact."""
+        if not (a > 0 and math.isfinite(a)):
+            return 1.0
+        return math.ldexp(1.0, math.frexp(a)[1] - 1)
 
 
 class ArrayScalars:
@@ -89,12 +106,12 @@ class ArrayScalars:
 
     batched = True
 
-    def __init__(self, xp: Any, dtype: Any, device: Any, shape: tuple[int, ...]):
+    def __init__(self, xp: Any, dtype: Any, device: Any, shape: tuple[int, ...], tiny: float):
         self.xp = xp
         self.dtype = dtype
         self.device = device
         self.shape = shape
-        self.big = min(1e100, float(xp.finfo(dtype).max))
+        self.tiny = tiny
         self.sqrt = xp.sqrt
         self.hypot = xp.hypot
         self.abs = xp.abs
@@ -128,6 +145,15 @@ class ArrayScalars:
         return a / b
 
     def recip(self, a: Any) -> Any:
-        """``1/a`` where ``a > 0``, else 0, without dividing by zero anywhere."""
-        positive = a > 0
+        """``1/a`` where ``a`` is at least ``tiny``, else 0 (`HostScalars.recip`),
+        without dividing by zero anywhere."""
+        positive = a >= self.tiny
         return self.where(positive, 1 / self.where(positive, a, 1.0), 0.0)
+
+    def pow2(self, a: Any) -> Any:
+        """A power of two within a factor 2 of ``a > 0`` (1 for 0, NaN or Inf).
+        ``2.0 ** k`` for integral ``k`` is exact in NumPy, PyTorch and XLA on CPU;
+        where a framework rounds it, the normalisation is merely inexact."""
+        xp = self.xp
+        ok = xp.logical_and(a > 0, xp.isfinite(a))
+        return self.where(ok, 2.0 ** xp.floor(xp.log2(self.where(ok, a, 1.0))), 1.0)

@@ -10,6 +10,10 @@ import array_api_compat as aac
 from .backends import backend_for
 from .operator import LinearOperator, dtype_name
 
+#: The largest iteration limit a solve runs with (int32's maximum: iteration counts
+#: are int32 under JAX); ``maxiter`` and ``grad_maxiter`` above it are clamped to it.
+MAX_ITERATIONS = 2 ** 31 - 1
+
 
 def namespace_of_b(b: Any) -> Any:
     """The array namespace of ``b``, which every other input must share."""

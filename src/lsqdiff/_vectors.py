@@ -24,6 +24,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import array_api_compat as aac
+
+
+def like(a: Any, y: Any) -> Any:
+    """Scalar ``a`` (a Python number, or an array of the recurrences' real dtype)
+    in vector ``y``'s dtype: a complex or half-precision vector must not be
+    promoted by its real scalars (under JAX's strict promotion that is an error)."""
+    if not isinstance(a, float) and hasattr(a, "dtype") and a.dtype != y.dtype:
+        return aac.array_namespace(y).astype(a, y.dtype)
+    return a
+
 
 class NewArrays:
     """Every update returns a new array; nothing is overwritten."""
@@ -33,17 +44,17 @@ class NewArrays:
     @staticmethod
     def xpay(x: Any, a: Any, y: Any) -> Any:
         """``x + a * y`` (may overwrite ``y``)."""
-        return x + a * y
+        return x + like(a, y) * y
 
     @staticmethod
     def axpy(a: Any, x: Any, y: Any) -> Any:
         """``y + a * x`` (may overwrite ``y``)."""
-        return y + a * x
+        return y + like(a, x) * x
 
     @staticmethod
     def scale(a: Any, y: Any) -> Any:
         """``y * a`` (may overwrite ``y``)."""
-        return y * a
+        return y * like(a, y)
 
     @staticmethod
     def own(y: Any) -> Any:

@@ -20,6 +20,7 @@ _ADAPTERS = (
     (aac.is_torch_namespace, "torch", "TorchBackend"),
     (aac.is_jax_namespace, "jax", "JaxBackend"),
     (aac.is_cupy_namespace, "cupy", "CupyBackend"),
+    (aac.is_array_api_strict_namespace, "strict", "StrictBackend"),
 )
 
 _cache: dict[int, Backend] = {}

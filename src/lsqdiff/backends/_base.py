@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,42 @@ if TYPE_CHECKING:
     from .._solve import Prepared
 
 State = dict[str, Any]
+
+
+_floors: dict[tuple[Any, Any], float] = {}
+
+
+def norm_floor(xp: Any, dtype: Any) -> float:
+    """The smallest norm `plain_norm_ok` accepts for vectors of ``dtype``."""
+    key = (xp, dtype)  # never compares dtypes of two frameworks (array-api-strict warns)
+    floor = _floors.get(key)
+    if floor is None:
+        info = xp.finfo(dtype)
+        floor = _floors[key] = math.sqrt(float(info.smallest_normal)) / float(info.eps)
+    return floor
+
+
+def plain_norm_ok(r: Any, xp: Any, dtype: Any) -> Any:
+    """Whether ``r``, a norm computed from plain squares of entries of ``dtype``,
+    is exact to rounding: finite (no square overflowed, as the partial sums of
+    squares only grow) and at least ``sqrt(tiny) / eps``, so that the squares
+    that underflowed (each below ``tiny``) weigh less than ``eps**2`` of the sum
+    of a billion of them. NaN is not: `scaled_norm` gives it back."""
+    floor = norm_floor(xp, dtype)
+    if isinstance(r, float):
+        return floor <= r < math.inf
+    return xp.logical_and(r >= floor, r < math.inf)
+
+
+def scaled_norm(xp: Any, v: Any) -> Any:
+    """Column norms of ``(n,)`` or ``(n, k)`` computed as ``s ||v / s||`` with
+    ``s`` the largest magnitude: no square can overflow, and those that underflow
+    are negligible. Zero, Inf and NaN columns give 0, Inf and NaN."""
+    a = xp.abs(v)  # real, also for complex v (whose division by a subnormal may overflow)
+    s = xp.max(a, axis=0)
+    good = xp.logical_and(s > 0, s < math.inf)
+    s1 = xp.where(good, s, xp.ones_like(s))
+    return xp.where(good, s1 * xp.linalg.vector_norm(a / s1, axis=0), s)
 
 
 class Backend:
@@ -109,13 +146,27 @@ class Backend:
         return False
 
     # -- norms -----------------------------------------------------------------
+    # Norms must neither under- nor overflow: frameworks sum plain squares, which
+    # gives 0 for entries below 1e-154 (float64) and Inf above 1e154. Each norm is
+    # taken plainly first, and again with its vector scaled by its largest entry
+    # only where the plain result may have lost something (`plain_norm_ok`).
+
     def host_norm(self, v: Any) -> float:
-        """``||v||`` of a vector as a Python float."""
-        return float(self.xp.linalg.vector_norm(v))
+        """``||v||`` of a vector as a Python float, safe from under- and overflow."""
+        r = float(self.xp.linalg.vector_norm(v))
+        if plain_norm_ok(r, self.xp, v.dtype):
+            return r
+        return float(scaled_norm(self.xp, v))
 
     def array_norm(self, v: Any) -> Any:
-        """Column norms of ``(n,)`` or ``(n, k)`` as an array of the namespace."""
-        return self.xp.linalg.vector_norm(v, axis=0)
+        """Column norms of ``(n,)`` or ``(n, k)`` as an array of the namespace,
+        safe from under- and overflow."""
+        xp = self.xp
+        r = xp.linalg.vector_norm(v, axis=0)
+        ok = plain_norm_ok(r, xp, v.dtype)
+        if bool(xp.all(ok)):
+            return r
+        return xp.where(ok, r, scaled_norm(xp, v))
 
     # -- operators -------------------------------------------------------------
     def dense_operator(self, A: Any) -> Operator:

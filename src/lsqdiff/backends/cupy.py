@@ -14,9 +14,6 @@ from ._base import Backend
 class CupyBackend(Backend):
     name = "cupy"
 
-    def host_norm(self, v: Any) -> float:
-        return float(cupy.linalg.norm(v))
-
     def is_sparse(self, A: Any) -> bool:
         return cusparse.issparse(A)
 

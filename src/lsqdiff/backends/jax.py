@@ -25,7 +25,7 @@ from jax.interpreters import partial_eval as pe
 
 from .._info import SolveInfo
 from ..operator import LinearOperator, MatVec, Operator
-from ._base import Backend, State
+from ._base import Backend, State, plain_norm_ok, scaled_norm
 
 if TYPE_CHECKING:
     from .._solve import Prepared
@@ -140,6 +140,14 @@ class JaxBackend(Backend):
 
     def select(self, pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
         return jax.lax.cond(pred, if_true, if_false)
+
+    def array_norm(self, v: Any) -> Any:
+        # The scaled norm runs only when a plain one may have lost something
+        # (`lsqdiff.backends._base`); under vmap the cond computes both.
+        r = jnp.linalg.vector_norm(v, axis=0)
+        ok = plain_norm_ok(r, jnp, v.dtype)
+        return jax.lax.cond(jnp.all(ok), lambda: r,
+                            lambda: jnp.where(ok, r, scaled_norm(jnp, v)))
 
     def compiled(self, key: tuple[Any, ...], fn: Callable[..., Any]) -> Callable[..., Any]:
         # Without this every eager call would retrace and recompile the loop.

@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 
 from ..operator import Operator
-from ._base import Backend
+from ._base import Backend, norm_floor
+
+#: `lsqdiff.backends._base.plain_norm_ok`'s floor for the dtypes with a fast host norm.
+_REAL_FLOORS = {np.dtype(t): norm_floor(np, np.dtype(t)) for t in (np.float64, np.float32)}
 
 
 def _scipy_sparse() -> Any:
@@ -21,13 +24,19 @@ class NumpyBackend(Backend):
     name = "numpy"
 
     def host_norm(self, v: Any) -> float:
-        if v.dtype.kind == "f" and v.ndim == 1:
-            return math.sqrt(float(np.dot(v, v)))  # what np.linalg.norm does for 1-D, minus overhead
-        return float(np.linalg.norm(v))
+        floor = _REAL_FLOORS.get(v.dtype)
+        if floor is not None and v.ndim == 1:
+            # What np.linalg.norm does for 1-D, minus overhead (and its check inlined).
+            r = math.sqrt(float(np.dot(v, v)))
+            if floor <= r < math.inf:
+                return r
+        return super().host_norm(v)
 
     def solve_context(self) -> Any:
         # Stopped columns of a 2-D b may divide by zero; their results are masked.
-        return np.errstate(divide="ignore", invalid="ignore")
+        # Norms first try plain squares, which may under- or overflow (then they
+        # scale: `lsqdiff.backends._base`).
+        return np.errstate(all="ignore")
 
     def dense_operator(self, A: Any) -> Operator:
         # np.matrix would turn A @ v into a (1, m) matrix: use the plain array.
