@@ -49,19 +49,21 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
 
 def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, atol: float,
             btol: float, ctol: float, maxiter: int | None = None,
-            limit: int | None = None, dual: bool = False) -> Any:
+            limit: int | None = None, dual: bool = False, stop: bool = False) -> Any:
     """Minimum-norm LSMR solution of ``op x = rhs`` for an internal operator
     (the gradient's solves); no input checks, traceable under JAX.
 
     Runs at least ``min(op.shape)`` iterations (LSMR's default) if needed, more
     when the forward solve was allowed more; ``limit`` (the user's
     ``grad_maxiter``) replaces that rule with an exact iteration limit. With
-    ``dual``, returns ``(x, z)`` with ``op^H z = x`` (`lsqdiff._dual`)."""
+    ``dual``, returns ``(x, z)`` with ``op^H z = x`` (`lsqdiff._dual`); with
+    ``stop``, the stop code ``istop`` follows (``(x, istop)`` or ``(x, z, istop)``)."""
     maxiter = max(min(op.shape), maxiter or 0) if limit is None else limit
     state = run(op, rhs, None, 0.0, xp=xp, backend=backend, method=_lsmr, dtype=dtype,
                 maxiter=maxiter, atol=atol, btol=btol, ctol=ctol,
                 options=(("dual", True),) if dual else ())
-    return (state["x"], state["zx"]) if dual else state["x"]
+    out = (state["x"],) + ((state["zx"],) if dual else ()) + ((state["istop"],) if stop else ())
+    return out if len(out) > 1 else out[0]
 
 
 def as_operator(A: Any, xp: Any, backend: Backend, dtype: Any, device: Any) -> Operator:
