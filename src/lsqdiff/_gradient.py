@@ -113,8 +113,7 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
         return Cotangents(b_bar, x0_bar, damp_bar, Terms(((1.0, r, g), (-1.0, b_bar, x))))
 
     AH = Operator((n, m), op.rmatvec, op.matvec)
-    # A wide A of full rank leaves no residual.
-    y_fwd, y_ok, r_zero = (None, False, assume_full_rank and m < n) if y is None else y
+    y_fwd, y_ok, r_zero = _from_forward(y, assume_full_rank and m < n)
     block = _is_false(y_ok) and not (assume_full_rank and m >= n) and not backend.on_cpu(x_bar)
     if block:
         # y takes a solve: off a CPU, one block solve of both right-hand sides
@@ -162,6 +161,16 @@ def forward_dual(op: Operator, b: Array, x: Array, z: Array, istop: Any, *, xp: 
     if full_row_rank:
         return z, True, True
     return dual_pinv(z, b - op.matvec(x), istop, xp)
+
+
+def _from_forward(carry: Any, full_row_rank: bool) -> tuple[Any, Any, Any]:
+    """``(y, y_ok, r_zero)`` from `forward_dual`'s result (None: nothing carried).
+    A wide ``A`` of full rank leaves no residual and its dual is ``y``: decided
+    here, where the flags are still Python bools (under JAX the carried ones are
+    traced)."""
+    if full_row_rank:
+        return (None, False, True) if carry is None else (carry[0], True, True)
+    return (None, False, False) if carry is None else carry
 
 
 def dual_pinv(z: Array, res: Array, istop: Any, xp: Any) -> tuple[Any, Any, Any]:
@@ -299,25 +308,42 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
         return backend.linear_solve(lambda q: lsmr_on(op, q, **settings),
                                     lambda c: lsmr_on(AH, c, **settings), op.matvec, rhs)
 
-    def pinv_h(rhs: Array) -> Array:  # A^+H rhs; its adjoint is A^+
-        return backend.linear_solve(lambda s: lsmr_on(AH, s, **settings),
-                                    lambda c: lsmr_on(op, c, **settings), op.rmatvec, rhs)
+    y_fwd, y_ok, r_zero = _from_forward(y, assume_full_rank and m < n)
 
-    # A wide A of full rank leaves no residual.
-    y_fwd, y_ok, r_zero = (None, False, assume_full_rank and m < n) if y is None else y
+    def pinv_pair(q: Array, s: Array) -> Array:
+        """``A^+ q + A^+ A^+H s``. Its adjoint ``c -> (A^+H c, A^+ A^+H c)`` is one
+        solve with ``A^H`` whose dual gives the second part (`dual_pinv`), so the
+        gradient JAX transposes from this tangent takes one solve for ``b_bar``
+        and ``g``, as `pullback` does."""
+        def solve(qs: Array) -> Array:
+            return lsmr_on(op, qs[:m, ...] + lsmr_on(AH, qs[m:, ...], **settings), **settings)
+
+        def adjoint(c: Array) -> Array:
+            b_bar, z, stop = lsmr_on(AH, c, dual=True, stop=True, **settings)
+            g, g_ok, _ = dual_pinv(z, c - op.rmatvec(b_bar), stop, xp)
+            # g meets the residual only: none is needed where that is negligible.
+            have = (g_ok if isinstance(g_ok, bool) or isinstance(r_zero, bool)
+                    else xp.logical_or(g_ok, r_zero))
+            g = _complete(have, g, lambda t: lsmr_on(op, t, **settings), b_bar, xp)
+            return xp.concat([b_bar, g], axis=0)
+
+        return backend.linear_solve(solve, adjoint,
+                                    lambda v: xp.concat([op.matvec(v), xp.zeros_like(v)], axis=0),
+                                    xp.concat([q, s], axis=0))
+
     if dA is not None:
         y = _complete(y_ok, y_fwd, lambda s: lsmr_on(AH, s, **settings), d, xp)
     w = _sum([None if dA is None else dA.rmatvec(y), dx0])
-    terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]
+    q = _sum([db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)])
     if dA is not None and not _all_true(r_zero, xp, backend):
-        # The residual's term, zero where the forward found the residual negligible:
-        # the solve then has a zero right-hand side both ways (as the tangent and
-        # in the transpose JAX takes for the gradient), and stops at once.
+        # The residual's term, zero where the forward found the residual negligible
+        # (its solve then has a zero right-hand side, and stops at once).
         r = _zero_where(r_zero, b - op.matvec(x), xp)
-        terms.append(_zero_where(r_zero, pinv_h(dA.rmatvec(r)), xp))
-    q = _sum(terms)
+        dx = pinv_pair(q, dA.rmatvec(r))
+    else:
+        dx = None if q is None else pinv(q)
     # At damp = 0 the solution does not move with damp to first order: no damp' term.
-    dx = _sum([None if q is None else pinv(q), w])
+    dx = _sum([dx, w])
     return xp.zeros_like(x) if dx is None else dx
 
 
