@@ -122,7 +122,7 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
         pair = xp.concat([xp.reshape(x_bar, (n, k)), xp.reshape(d, (n, k))], axis=1)
         Y, Z, stops = lsmr_on(AH, pair, dual=True, stop=True, **settings)
         shape = (m,) + tuple(x_bar.shape[1:])
-        b_bar, z = xp.reshape(Y[:, :k], shape), xp.reshape(Z[:, :k], shape)
+        b_bar, z = xp.reshape(Y[:, :k], shape), xp.reshape(Z[:, :k], x_bar.shape)
         y_fwd, y_ok = xp.reshape(Y[:, k:], shape), True
         stop = xp.reshape(stops[:k], tuple(x_bar.shape[1:]))
     elif _all_true(r_zero, xp, backend):  # no r g^H term: g is not needed
