@@ -11,8 +11,12 @@ LSMR reaches atol = btol = 1e-6 on these in about a hundred iterations (the
 same spread on a log scale needs ~300). ``b`` is a standard normal vector, so
 the tall problems have a nonzero residual.
 
-The loss is ``sum(x**2)``; "value and grad" is its value and its gradient with
-respect to ``A`` and ``b``. Nothing here imports JAX, PyTorch or matfree until a
+The loss is ``sum(x**2)``, or ``sum((x - t)**2)`` for a fixed random ``t`` on
+the ``_target`` problems (the same ``A`` and ``b`` as without the suffix); "value
+and grad" is its value and its gradient with respect to ``A`` and ``b``. The
+cotangent ``2 x`` of the first lies in the row space of ``A``; ``2 (x - t)``
+does not where ``A`` is rank-deficient, so the gradient needs all three terms
+of the any-rank rule. Nothing here imports JAX, PyTorch or matfree until a
 helper for that framework is called.
 """
 
@@ -30,6 +34,8 @@ GRAD_PROBLEMS = {
     "wide_500x2000": (500, 2000, 0.0, None),
     "tall_2000x500_rank400": (2000, 500, 0.0, 400),
     "wide_500x2000_rank400": (500, 2000, 0.0, 400),
+    "tall_2000x500_rank400_target": (2000, 500, 0.0, 400),
+    "wide_500x2000_rank400_target": (500, 2000, 0.0, 400),
     "damped_2000x500": (2000, 500, 1.0, None),
 }
 
@@ -55,6 +61,8 @@ VARIANTS = ("lsqdiff", "lsqdiff+fr", "lsqdiff+cap", "lsqdiff+fr+cap", "matfree",
 def grad_problem(name: str):
     """``(A, b, damp)`` as NumPy float64 arrays and a float."""
     m, n, damp, rank = GRAD_PROBLEMS[name]
+    if name.endswith("_target"):
+        return grad_problem(name.removesuffix("_target"))
     rng = np.random.default_rng(1)
     k = min(m, n) if rank is None else rank
     U, _ = np.linalg.qr(rng.standard_normal((m, k)))
@@ -63,6 +71,14 @@ def grad_problem(name: str):
     A = (U * s) @ V.T
     b = rng.standard_normal(m)
     return A, b, damp
+
+
+@functools.lru_cache(maxsize=None)
+def loss_target(name: str):
+    """``t`` of the loss ``sum((x - t)**2)`` (NumPy), or None for ``sum(x**2)``."""
+    if not name.endswith("_target"):
+        return None
+    return np.random.default_rng(2).standard_normal(GRAD_PROBLEMS[name][1])
 
 
 def flags(variant: str) -> set:
@@ -115,12 +131,14 @@ def jax_loss(problem: str, mode: str, variant: str, **extra):
     import jax.numpy as jnp
 
     damp = GRAD_PROBLEMS[problem][2]
+    t = loss_target(problem)
+    t = 0.0 if t is None else jnp.asarray(t)
     if variant.startswith("matfree"):
         run = matfree_solver(mode, variant)
 
         def loss(A, b):
             x, _ = run(lambda u, A: u @ A, b, A, damp=damp)
-            return jnp.sum(x * x)
+            return jnp.sum((x - t) ** 2)
     else:
         import lsqdiff
 
@@ -128,7 +146,7 @@ def jax_loss(problem: str, mode: str, variant: str, **extra):
 
         def loss(A, b):
             x, _ = lsqdiff.lsmr(A, b, damp=damp, **opts)
-            return jnp.sum(x * x)
+            return jnp.sum((x - t) ** 2)
     return loss
 
 
@@ -159,15 +177,17 @@ def torch_callables(problem: str, mode: str, variant: str, **extra):
     opts = lsqdiff_options(mode, variant, **extra)
     At, bt = torch.from_numpy(A), torch.from_numpy(b)
     Ag, bg = At.clone().requires_grad_(True), bt.clone().requires_grad_(True)
+    t = loss_target(problem)
+    t = 0.0 if t is None else torch.from_numpy(t)
 
     def forward():
         x, _ = lsqdiff.lsmr(At, bt, damp=damp, **opts)
-        return (x * x).sum()
+        return ((x - t) ** 2).sum()
 
     def value_and_grad():
         Ag.grad = bg.grad = None
         x, _ = lsqdiff.lsmr(Ag, bg, damp=damp, **opts)
-        loss = (x * x).sum()
+        loss = ((x - t) ** 2).sum()
         loss.backward()
         return loss, Ag.grad, bg.grad
 
@@ -228,7 +248,9 @@ def count_iterations(problem: str, mode: str, variant: str, framework: str = "to
             (x, info), pull = jax.vjp(lambda A, b: lsqdiff.lsmr(A, b, damp=damp, **opts),
                                       jnp.asarray(A), jnp.asarray(b))
             fwd_itn = int(info.itn)
-            pull((2 * x, jax.tree_util.tree_map(jnp.zeros_like, info)))
+            t = loss_target(problem)
+            x_bar = 2 * x if t is None else 2 * (x - jnp.asarray(t))
+            pull((x_bar, jax.tree_util.tree_map(jnp.zeros_like, info)))
             jax.effects_barrier()
         else:
             import torch
@@ -241,7 +263,8 @@ def count_iterations(problem: str, mode: str, variant: str, framework: str = "to
             bg = torch.from_numpy(b).requires_grad_(True)
             x, info = lsqdiff.lsmr(Ag, bg, damp=damp, **opts)
             fwd_itn = int(info.itn)
-            (x * x).sum().backward()
+            t = loss_target(problem)
+            (((x - (0.0 if t is None else torch.from_numpy(t))) ** 2).sum()).backward()
     finally:
         _gradient.lsmr_on = original
     return fwd_itn, records
@@ -286,7 +309,8 @@ def reference_gradients(problem: str):
         return x, np.outer(b - A @ x, g) - np.outer(b_bar, x), b_bar
     P = np.linalg.pinv(A)
     x = P @ b
-    x_bar = 2 * x
+    t = loss_target(problem)
+    x_bar = 2 * x if t is None else 2 * (x - t)
     b_bar = P.T @ x_bar
     g, y, w = P @ b_bar, P.T @ x, x_bar - A.T @ b_bar
     return x, -np.outer(b_bar, x) + np.outer(b - A @ x, g) + np.outer(y, w), b_bar
