@@ -57,12 +57,13 @@ def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, at
     when the forward solve was allowed more; ``limit`` (the user's
     ``grad_maxiter``) replaces that rule with an exact iteration limit. With
     ``dual``, returns ``(x, z)`` with ``op^H z = x`` (`lsqdiff._dual`); with
-    ``stop``, the stop code ``istop`` follows (``(x, istop)`` or ``(x, z, istop)``)."""
+    ``stop``, the pair ``(istop, norma)`` follows (``(x, stop)`` or ``(x, z, stop)``):
+    the stop code and the estimate of ``||op||``."""
     maxiter = max(min(op.shape), maxiter or 0) if limit is None else limit
     state = run(op, rhs, None, 0.0, xp=xp, backend=backend, method=_lsmr, dtype=dtype,
                 maxiter=maxiter, atol=atol, btol=btol, ctol=ctol,
                 options=(("dual", True),) if dual else ())
-    out = (state["x"],) + ((state["zx"],) if dual else ()) + ((state["istop"],) if stop else ())
+    out = (state["x"],) + ((state["zx"],) if dual else ()) + (((state["istop"], state["norma"]),) if stop else ())
     return out if len(out) > 1 else out[0]
 
 

@@ -124,17 +124,18 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
         shape = (m,) + tuple(x_bar.shape[1:])
         b_bar, z = xp.reshape(Y[:, :k], shape), xp.reshape(Z[:, :k], x_bar.shape)
         y_fwd, y_ok = xp.reshape(Y[:, k:], shape), True
-        stop = xp.reshape(stops[:k], tuple(x_bar.shape[1:]))
-    elif _all_true(r_zero, xp, backend):  # no r g^H term: g is not needed
-        b_bar, stop = lsmr_on(AH, x_bar, stop=True, **settings)
-        z = xp.zeros_like(x_bar)  # unused
+        stop = tuple(xp.reshape(a[:k], tuple(x_bar.shape[1:])) for a in stops)
     else:
         b_bar, z, stop = lsmr_on(AH, x_bar, dual=True, stop=True, **settings)
     if assume_full_rank and m >= n:  # A is injective: w = 0, and the dual is g
         w, g, g_ok, w_zero = None, z, True, True
+    elif _all_true(r_zero, xp, backend):  # no r g^H term: g is not needed
+        w, g, g_ok = x_bar - op.rmatvec(b_bar), None, True
+        w_zero = _stopped_by(stop[0], CONSISTENT, xp)
     else:
         w = x_bar - op.rmatvec(b_bar)
-        g, g_ok, w_zero = dual_pinv(z, w, stop, xp)
+        g, g_ok, w_zero = dual_pinv(z, w, stop, xp, target=b_bar, adjoint=op.matvec,
+                                    atol=atol, btol=btol)
 
     terms: list[tuple[float, Array, Array]] = [(-1.0, b_bar, x)]
     x0_bar = None if x0 is None else xp.zeros_like(x0)
@@ -151,16 +152,18 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
     return Cotangents(b_bar, x0_bar, damp_bar, Terms(tuple(terms)))
 
 
-def forward_dual(op: Operator, b: Array, x: Array, z: Array, istop: Any, *, xp: Any,
-                 full_row_rank: bool) -> tuple[Any, Any, Any]:
+def forward_dual(op: Operator, b: Array, x: Array, x0: Array | None, z: Array, stop: Any, *,
+                 xp: Any, atol: float, btol: float, full_row_rank: bool) -> tuple[Any, Any, Any]:
     """What the gradient takes from an undamped forward solve that carried its dual
     ``z`` (``A^H z = x - x0``): ``(y, y_ok, r_zero)`` with ``y = A^+H (x - x0)``
     where ``y_ok``, and ``r_zero`` where the residual ``b - A x`` is negligible
-    (`dual_pinv`; per column for a 2-D ``b``). ``full_row_rank``
+    (`dual_pinv`, with the forward's ``stop = (istop, norma)`` and the gradient's
+    tolerances; per column for a 2-D ``b``). ``full_row_rank``
     (``assume_full_rank`` on a wide ``A``): ``r = 0`` and ``y = z``."""
     if full_row_rank:
         return z, True, True
-    return dual_pinv(z, b - op.matvec(x), istop, xp)
+    return dual_pinv(z, b - op.matvec(x), stop, xp, target=x if x0 is None else x - x0,
+                     adjoint=op.rmatvec, atol=atol, btol=btol)
 
 
 def _from_forward(carry: Any, full_row_rank: bool) -> tuple[Any, Any, Any]:
@@ -173,29 +176,52 @@ def _from_forward(carry: Any, full_row_rank: bool) -> tuple[Any, Any, Any]:
     return (None, False, False) if carry is None else carry
 
 
-def dual_pinv(z: Array, res: Array, istop: Any, xp: Any) -> tuple[Any, Any, Any]:
-    """The minimum-norm solution of ``op s = rhs`` pulled back through ``op^H``,
-    from a solve's dual: ``(p, ok, negligible)`` per column.
+def dual_pinv(z: Array, res: Array, stop: Any, xp: Any, *, target: Array, adjoint: Any,
+              atol: float, btol: float) -> tuple[Any, Any, Any]:
+    """The minimum-norm solution ``p = op^+H target`` of ``op^H p = target``, from
+    the dual of a solve of ``op s = rhs`` (``target = s``): ``(p, ok, negligible)``
+    per column. ``adjoint`` applies ``op^H``; ``stop = (istop, norma)``.
 
-    The dual ``z`` of a solve of ``op s = rhs`` satisfies ``op^H z = s`` and lies
-    in ``span{rhs, range(op)}``, so it is ``p = op^+H s`` (the wanted ``A^+ b_bar``
-    or ``A^+H (x - x0)``) plus a part in ``null(op^H)`` along the exact residual
-    ``res* = rhs - op s``. Where the solve stopped on its test 1 (``istop`` in
-    `CONSISTENT`), ``res*`` is negligible: ``p = z`` and the term of the residual
-    is dropped. Where it stopped on test 2 (`LEAST_SQUARES`), ``res = rhs - op s``
-    has the direction of ``res*`` to within ``atol * cond(op)`` (since
-    ``||op^H res|| <= atol ||op|| ||res||``), and ``p`` is ``z`` minus its part
-    along ``res``. Elsewhere (iteration or condition limit, NaN) ``ok`` is false
-    and ``p`` must come from a solve (``p`` is None for one host column).
+    The dual ``z`` satisfies ``op^H z = s`` and lies in ``span{rhs, range(op)}``,
+    so it is ``p`` plus a part in ``null(op^H)`` along the exact residual
+    ``res* = rhs - op s*``. Where the solve stopped on its test 1 (``istop`` in
+    `CONSISTENT`), ``res*`` is negligible: ``p = z``, and the caller drops the
+    residual's term. Where it stopped on test 2 (`LEAST_SQUARES`), the computed
+    ``res = rhs - op s`` has the direction of ``res*`` to within about
+    ``atol cond(op)``, and ``z`` minus its part along ``res`` is ``p`` up to an
+    error that this direction's error can amplify (by the size of that part
+    against ``p``, which grows with the iterations): it is taken only if it
+    passes the test 1 that a solve of ``op^H p = target`` would have to pass,
+    ``||target - op^H p|| <= btol ||target|| + atol norma ||p||`` (one product).
+    Elsewhere (iteration or condition limit, NaN), or where that check fails,
+    ``ok`` is false and ``p`` must come from a solve (``p`` is None for one host
+    column).
     """
+    istop, norma = stop
     negligible = _stopped_by(istop, CONSISTENT, xp)
     least_squares = _stopped_by(istop, LEAST_SQUARES, xp)
     if isinstance(negligible, bool):
         if negligible:
             return z, True, True
-        return (_project_out(z, res, xp), True, False) if least_squares else (None, False, False)
-    return (xp.where(negligible, z, _project_out(z, res, xp)),
-            xp.logical_or(negligible, least_squares), negligible)
+        if least_squares:
+            p = _project_out(z, res, xp)
+            if bool(_passes(p, target, adjoint, norma, atol, btol, xp)):
+                return p, True, False
+        return None, False, False
+    p = _project_out(z, res, xp)
+    ok = xp.logical_and(least_squares, _passes(p, target, adjoint, norma, atol, btol, xp))
+    return xp.where(negligible, z, p), xp.logical_or(negligible, ok), negligible
+
+
+def _passes(p: Array, target: Array, adjoint: Any, norma: Any, atol: float, btol: float,
+            xp: Any) -> Any:
+    """Per column: whether ``p`` passes LSMR's test 1 for ``op^H p = target``, with
+    the tolerances raised to what the explicit residual can be computed to
+    (``100 eps``: LSMR's own test 4 stops there too)."""
+    norm = lambda a: xp.linalg.vector_norm(a, axis=0)  # noqa: E731
+    floor = 100 * float(xp.finfo(p.dtype).eps)
+    return (norm(target - adjoint(p))
+            <= max(btol, floor) * norm(target) + max(atol, floor) * norma * norm(p))
 
 
 def _project_out(z: Array, res: Array, xp: Any) -> Array:
@@ -320,7 +346,8 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
 
         def adjoint(c: Array) -> Array:
             b_bar, z, stop = lsmr_on(AH, c, dual=True, stop=True, **settings)
-            g, g_ok, _ = dual_pinv(z, c - op.rmatvec(b_bar), stop, xp)
+            g, g_ok, _ = dual_pinv(z, c - op.rmatvec(b_bar), stop, xp, target=b_bar,
+                                   adjoint=op.matvec, atol=atol, btol=btol)
             # g meets the residual only: none is needed where that is negligible.
             have = (g_ok if isinstance(g_ok, bool) or isinstance(r_zero, bool)
                     else xp.logical_or(g_ok, r_zero))
