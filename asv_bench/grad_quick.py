@@ -105,8 +105,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="threads for BLAS, PyTorch and XLA (default 1; 0: the libraries' defaults)")
     ap.add_argument("--problems", default=None,
-                    help="comma-separated problem names (default: all of grad_common.GRAD_PROBLEMS)")
-    ap.add_argument("--modes", default=None, help="comma-separated settings: tol, fixed60 (default both)")
+                    help="comma-separated problem names (default: grad_common.GRAD_PROBLEMS)")
+    ap.add_argument("--modes", default=None,
+                    help="comma-separated settings: tol, fixed60 (default both)")
     ap.add_argument("--variants", default=None,
                     help="comma-separated implementations (default: all of grad_common.VARIANTS)")
     args = ap.parse_args(argv)

@@ -199,7 +199,8 @@ def count_iterations(problem: str, mode: str, variant: str, framework: str = "to
 
     lsqdiff: the backward solves (`lsqdiff._gradient.lsmr_on`) are wrapped to
     record their iteration counts (a 2-column block solve reports its slowest
-    column); under JAX, those of the tangent rule and of its transpose. matfree: its solve function is wrapped the same way (a
+    column); under JAX, those of the tangent rule and of its transpose.
+    matfree: its solve function is wrapped the same way (a
     ``jax.debug.callback``), the first record being the forward. Not for timing.
     """
     if variant.startswith("matfree"):

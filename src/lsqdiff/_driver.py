@@ -63,7 +63,8 @@ def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, at
     state = run(op, rhs, None, 0.0, xp=xp, backend=backend, method=_lsmr, dtype=dtype,
                 maxiter=maxiter, atol=atol, btol=btol, ctol=ctol,
                 options=(("dual", True),) if dual else ())
-    out = (state["x"],) + ((state["zx"],) if dual else ()) + (((state["istop"], state["norma"]),) if stop else ())
+    out = (state["x"],) + ((state["zx"],) if dual else ())
+    out += ((state["istop"], state["norma"]),) if stop else ()
     return out if len(out) > 1 else out[0]
 
 
