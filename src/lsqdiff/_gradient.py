@@ -125,11 +125,14 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
         b_bar, z = xp.reshape(Y[:, :k], shape), xp.reshape(Z[:, :k], x_bar.shape)
         y_fwd, y_ok = xp.reshape(Y[:, k:], shape), True
         stop = tuple(xp.reshape(a[:k], tuple(x_bar.shape[1:])) for a in stops)
+    elif _all_true(r_zero, xp, backend):  # no r g^H term: neither g nor the dual is needed
+        b_bar, stop = lsmr_on(AH, x_bar, stop=True, **settings)
+        z = None
     else:
         b_bar, z, stop = lsmr_on(AH, x_bar, dual=True, stop=True, **settings)
     if assume_full_rank and m >= n:  # A is injective: w = 0, and the dual is g
         w, g, g_ok, w_zero = None, z, True, True
-    elif _all_true(r_zero, xp, backend):  # no r g^H term: g is not needed
+    elif z is None:
         w, g, g_ok = x_bar - op.rmatvec(b_bar), None, True
         w_zero = _stopped_by(stop[0], CONSISTENT, xp)
     else:
