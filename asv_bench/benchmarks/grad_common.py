@@ -2,14 +2,21 @@
 ``grad_quick.py`` and ``grad_memory.py``).
 
 Each problem is float64 with a fixed seed: ``A = U diag(s) V^T`` with orthonormal
-``U``, ``V`` and singular values ``s = sqrt(linspace(1, 1e4, min(m, n)))``, i.e.
-spread over [1, 100] (cond 100) with the eigenvalues of ``A^T A`` evenly spread.
+``U``, ``V`` (``k`` columns) and singular values ``s = sqrt(linspace(1, 1e4, k))``,
+i.e. spread over [1, 100] (cond 100 on the range) with the eigenvalues of
+``A^T A`` evenly spread; ``k = min(m, n)`` (full rank) or the problem's rank
+(the ``_rank400`` problems: rank-deficient, so ``b`` has a residual even for
+the wide one, and the any-rank rule is the only exact one).
 LSMR reaches atol = btol = 1e-6 on these in about a hundred iterations (the
 same spread on a log scale needs ~300). ``b`` is a standard normal vector, so
 the tall problems have a nonzero residual.
 
-The loss is ``sum(x**2)``; "value and grad" is its value and its gradient with
-respect to ``A`` and ``b``. Nothing here imports JAX, PyTorch or matfree until a
+The loss is ``sum(x**2)``, or ``sum((x - t)**2)`` for a fixed random ``t`` on
+the ``_target`` problems (the same ``A`` and ``b`` as without the suffix); "value
+and grad" is its value and its gradient with respect to ``A`` and ``b``. The
+cotangent ``2 x`` of the first lies in the row space of ``A``; ``2 (x - t)``
+does not where ``A`` is rank-deficient, so the gradient needs all three terms
+of the any-rank rule. Nothing here imports JAX, PyTorch or matfree until a
 helper for that framework is called.
 """
 
@@ -21,12 +28,19 @@ import numpy as np
 
 from .common import enable_jax_x64
 
-#: name -> (m, n, damp)
+#: name -> (m, n, damp, rank); rank None: full rank
 GRAD_PROBLEMS = {
-    "tall_2000x500": (2000, 500, 0.0),
-    "wide_500x2000": (500, 2000, 0.0),
-    "damped_2000x500": (2000, 500, 1.0),
+    "tall_2000x500": (2000, 500, 0.0, None),
+    "wide_500x2000": (500, 2000, 0.0, None),
+    "tall_2000x500_rank400": (2000, 500, 0.0, 400),
+    "wide_500x2000_rank400": (500, 2000, 0.0, 400),
+    "tall_2000x500_rank400_target": (2000, 500, 0.0, 400),
+    "wide_500x2000_rank400_target": (500, 2000, 0.0, 400),
+    "damped_2000x500": (2000, 500, 1.0, None),
 }
+
+#: The full-rank problems: the memory benchmarks need no more.
+MEMORY_PROBLEMS = [name for name, (_, _, _, rank) in GRAD_PROBLEMS.items() if rank is None]
 
 #: Solver settings: "tol" stops on atol = btol = 1e-6 (conlim SciPy's default
 #: 1e8); "fixed60" runs exactly 60 iterations (every stopping test off), as in
@@ -46,9 +60,11 @@ VARIANTS = ("lsqdiff", "lsqdiff+fr", "lsqdiff+cap", "lsqdiff+fr+cap", "matfree",
 @functools.lru_cache(maxsize=None)
 def grad_problem(name: str):
     """``(A, b, damp)`` as NumPy float64 arrays and a float."""
-    m, n, damp = GRAD_PROBLEMS[name]
+    m, n, damp, rank = GRAD_PROBLEMS[name]
+    if name.endswith("_target"):
+        return grad_problem(name.removesuffix("_target"))
     rng = np.random.default_rng(1)
-    k = min(m, n)
+    k = min(m, n) if rank is None else rank
     U, _ = np.linalg.qr(rng.standard_normal((m, k)))
     V, _ = np.linalg.qr(rng.standard_normal((n, k)))
     s = np.sqrt(np.linspace(1.0, 1e4, k))
@@ -57,16 +73,26 @@ def grad_problem(name: str):
     return A, b, damp
 
 
+@functools.lru_cache(maxsize=None)
+def loss_target(name: str):
+    """``t`` of the loss ``sum((x - t)**2)`` (NumPy), or None for ``sum(x**2)``."""
+    if not name.endswith("_target"):
+        return None
+    return np.random.default_rng(2).standard_normal(GRAD_PROBLEMS[name][1])
+
+
 def flags(variant: str) -> set:
     return set(variant.split("+")[1:])
 
 
 def variant_applies(problem: str, mode: str, variant: str) -> bool:
-    """Full-rank variants only for undamped problems (lsqdiff ignores the flag
-    when damp > 0; matfree's drops its damped rank correction); the cap only
-    where the forward has an iteration cap of its own (fixed-iteration mode)."""
+    """Full-rank variants only for undamped full-rank problems (lsqdiff ignores
+    the flag when damp > 0; matfree's drops its damped rank correction; on a
+    rank-deficient A both give wrong gradients); the cap only where the forward
+    has an iteration cap of its own (fixed-iteration mode)."""
     f = flags(variant)
-    if "fr" in f and GRAD_PROBLEMS[problem][2] > 0:
+    _, _, damp, rank = GRAD_PROBLEMS[problem]
+    if "fr" in f and (damp > 0 or rank is not None):
         return False
     if "cap" in f and "maxiter" not in MODES[mode]:
         return False
@@ -105,12 +131,14 @@ def jax_loss(problem: str, mode: str, variant: str, **extra):
     import jax.numpy as jnp
 
     damp = GRAD_PROBLEMS[problem][2]
+    t = loss_target(problem)
+    t = 0.0 if t is None else jnp.asarray(t)
     if variant.startswith("matfree"):
         run = matfree_solver(mode, variant)
 
         def loss(A, b):
             x, _ = run(lambda u, A: u @ A, b, A, damp=damp)
-            return jnp.sum(x * x)
+            return jnp.sum((x - t) ** 2)
     else:
         import lsqdiff
 
@@ -118,7 +146,7 @@ def jax_loss(problem: str, mode: str, variant: str, **extra):
 
         def loss(A, b):
             x, _ = lsqdiff.lsmr(A, b, damp=damp, **opts)
-            return jnp.sum(x * x)
+            return jnp.sum((x - t) ** 2)
     return loss
 
 
@@ -149,15 +177,17 @@ def torch_callables(problem: str, mode: str, variant: str, **extra):
     opts = lsqdiff_options(mode, variant, **extra)
     At, bt = torch.from_numpy(A), torch.from_numpy(b)
     Ag, bg = At.clone().requires_grad_(True), bt.clone().requires_grad_(True)
+    t = loss_target(problem)
+    t = 0.0 if t is None else torch.from_numpy(t)
 
     def forward():
         x, _ = lsqdiff.lsmr(At, bt, damp=damp, **opts)
-        return (x * x).sum()
+        return ((x - t) ** 2).sum()
 
     def value_and_grad():
         Ag.grad = bg.grad = None
         x, _ = lsqdiff.lsmr(Ag, bg, damp=damp, **opts)
-        loss = (x * x).sum()
+        loss = ((x - t) ** 2).sum()
         loss.backward()
         return loss, Ag.grad, bg.grad
 
@@ -169,33 +199,47 @@ def count_iterations(problem: str, mode: str, variant: str, framework: str = "to
 
     lsqdiff: the backward solves (`lsqdiff._gradient.lsmr_on`) are wrapped to
     record their iteration counts (a 2-column block solve reports its slowest
-    column). matfree: its solve function is wrapped the same way (a
+    column); under JAX, those of the tangent rule and of its transpose.
+    matfree: its solve function is wrapped the same way (a
     ``jax.debug.callback``), the first record being the forward. Not for timing.
     """
     if variant.startswith("matfree"):
         return _count_matfree(problem, mode, variant)
-    from lsqdiff import _driver, _gradient, _lsmr
+    from lsqdiff import _driver, _gradient
 
     records: list = []
     original = _gradient.lsmr_on
 
-    def recording(op, rhs, *, maxiter=None, limit=None, dual=False, **kw):
-        mi = max(min(op.shape), maxiter or 0) if limit is None else limit  # as in lsmr_on
-        st = _driver.run(op, rhs, None, 0.0, method=_lsmr, maxiter=mi,
-                         options=(("dual", True),) if dual else (), **kw)
-        if framework == "jax":
-            import jax
+    def recording(op, rhs, **kw):
+        # lsmr_on's own loop, recorded: _driver.run is wrapped for this one call.
+        run = _driver.run
 
-            jax.debug.callback(lambda i: records.append(int(np.max(i))), st["itn"])
-        else:
-            records.append(int(np.max(np.asarray(st["itn"]))))
-        return (st["x"], st["zx"]) if dual else st["x"]
+        def run_recorded(*args, **kwargs):
+            st = run(*args, **kwargs)
+            if framework == "jax":
+                import jax
+
+                jax.debug.callback(lambda i: records.append(int(np.max(i))), st["itn"])
+            else:
+                records.append(int(np.max(np.asarray(st["itn"]))))
+            return st
+
+        _driver.run = run_recorded
+        try:
+            return original(op, rhs, **kw)
+        finally:
+            _driver.run = run
 
     _gradient.lsmr_on = recording
     try:
         if framework == "jax":
             jax = enable_jax_x64()
             import jax.numpy as jnp
+
+            from lsqdiff.backends import backend_for
+
+            # The tangent rule is compiled once per setting: trace it afresh, recording.
+            backend_for(jnp)._compiled.clear()
 
             A, b, damp = grad_problem(problem)
             import lsqdiff
@@ -205,7 +249,9 @@ def count_iterations(problem: str, mode: str, variant: str, framework: str = "to
             (x, info), pull = jax.vjp(lambda A, b: lsqdiff.lsmr(A, b, damp=damp, **opts),
                                       jnp.asarray(A), jnp.asarray(b))
             fwd_itn = int(info.itn)
-            pull((2 * x, jax.tree_util.tree_map(jnp.zeros_like, info)))
+            t = loss_target(problem)
+            x_bar = 2 * x if t is None else 2 * (x - jnp.asarray(t))
+            pull((x_bar, jax.tree_util.tree_map(jnp.zeros_like, info)))
             jax.effects_barrier()
         else:
             import torch
@@ -218,7 +264,8 @@ def count_iterations(problem: str, mode: str, variant: str, framework: str = "to
             bg = torch.from_numpy(b).requires_grad_(True)
             x, info = lsqdiff.lsmr(Ag, bg, damp=damp, **opts)
             fwd_itn = int(info.itn)
-            (x * x).sum().backward()
+            t = loss_target(problem)
+            (((x - (0.0 if t is None else torch.from_numpy(t))) ** 2).sum()).backward()
     finally:
         _gradient.lsmr_on = original
     return fwd_itn, records
@@ -263,7 +310,8 @@ def reference_gradients(problem: str):
         return x, np.outer(b - A @ x, g) - np.outer(b_bar, x), b_bar
     P = np.linalg.pinv(A)
     x = P @ b
-    x_bar = 2 * x
+    t = loss_target(problem)
+    x_bar = 2 * x if t is None else 2 * (x - t)
     b_bar = P.T @ x_bar
     g, y, w = P @ b_bar, P.T @ x, x_bar - A.T @ b_bar
     return x, -np.outer(b_bar, x) + np.outer(b - A @ x, g) + np.outer(y, w), b_bar

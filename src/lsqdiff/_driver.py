@@ -67,7 +67,7 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
 
 def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, atol: float,
             btol: float, ctol: float, maxiter: int | None = None,
-            limit: int | None = None, dual: bool = False) -> Any:
+            limit: int | None = None, dual: bool = False, stop: bool = False) -> Any:
     """Minimum-norm LSMR solution of ``op x = rhs`` for an internal operator
     (the gradient's and the tangent's solves); no input checks, traceable under JAX.
 
@@ -75,9 +75,11 @@ def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, at
     ``min(op.shape)`` iterations (LSMR's default) if needed, more when the
     forward solve was allowed more; ``limit`` (the user's ``grad_maxiter``)
     replaces that rule with an exact iteration limit. With ``dual``, returns
-    ``(x, z)`` with ``op^H z = x`` (`lsqdiff._dual`). A column that meets a NaN
-    or Inf comes back NaN; each solve's diagnostics go to ``backend.report``
-    (a `lsqdiff.GradientSolveWarning` if it did not converge). Where the backend
+    ``(x, z)`` with ``op^H z = x`` (`lsqdiff._dual`); with ``stop``, the pair
+    ``(istop, norma)`` follows (``(x, stop)`` or ``(x, z, stop)``): the stop code
+    and the estimate of ``||op||``. A column that meets a NaN or Inf comes back
+    NaN; each solve's diagnostics go to ``backend.report`` (a
+    `lsqdiff.GradientSolveWarning` if it did not converge). Where the backend
     differentiates these solves themselves (PyTorch building a graph for second
     derivatives, or under ``torch.func``), ``backend.internal_solver`` runs them.
     """
@@ -88,17 +90,19 @@ def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, at
         state = run(op, rhs, None, 0.0, xp=xp, backend=backend, method=_lsmr,
                     options=(("dual", True),) if dual else (), nan_on_nonfinite=True, **settings)
         backend.report(state)
-        return (state["x"], state["zx"]) if dual else state["x"]
-    x, state = solve(op, rhs, limit=limit, **settings)
-    backend.report(state)
-    if not dual:
-        return x
-    # The dual as a solve of its own (minimum-norm z with op^H z = x), so that
-    # it is differentiable as well.
-    z, state = solve(Operator(op.shape[::-1], op.rmatvec, op.matvec), x, limit=limit,
-                     **settings)
-    backend.report(state)
-    return x, z
+        x, z = state["x"], state.get("zx")
+    else:
+        x, state = solve(op, rhs, limit=limit, **settings)
+        backend.report(state)
+        if dual:
+            # The dual as a solve of its own (minimum-norm z with op^H z = x), so
+            # that it is differentiable as well.
+            z, z_state = solve(Operator(op.shape[::-1], op.rmatvec, op.matvec), x,
+                               limit=limit, **settings)
+            backend.report(z_state)
+    out = (x,) + ((z,) if dual else ())
+    out += ((state["istop"], state["norma"]),) if stop else ()
+    return out if len(out) > 1 else out[0]
 
 
 def as_operator(A: Any, xp: Any, backend: Backend, dtype: Any, device: Any) -> Operator:

@@ -9,13 +9,17 @@ solves, never the iterations of the forward solve (DESIGN.md section 2):
 * damped (``damp > 0``): one solve on the wide operator ``K = [A^H, damp I]``,
   whose minimum-norm solution of ``K c = x_bar`` is ``c = (A g, damp g)`` with
   ``g = (A^H A + damp^2 I)^-1 x_bar``;
-* undamped (pseudo-inverse, any rank): ``b_bar = A^+H x_bar`` and
-  ``y = A^+H (x - x0)`` as one two-column solve with ``A^H`` (two one-column
-  solves on a CPU, where they are faster), then
-  ``g = A^+ b_bar``: three solves;
-* undamped with ``assume_full_rank``, one solve: a tall ``A`` needs no ``y``,
-  and the ``b_bar`` solve's dual (`lsqdiff._dual`) is ``g``; a wide ``A``
-  needs no ``g``, and ``y`` is the forward solve's dual.
+* undamped (pseudo-inverse, any rank): ``Abar = -b_bar x^H + r g^H + y w^H``
+  with ``b_bar = A^+H x_bar``, ``g = A^+ b_bar``, ``y = A^+H (x - x0)``,
+  ``w = x_bar - A^H b_bar``: one solve with ``A^H`` for ``b_bar``, and ``g``
+  and ``y`` from the duals (`lsqdiff._dual`) of that solve and of the forward
+  solve, which are exact at any rank once their part along the solve's
+  residual is removed (`dual_pinv`); a term whose residual the solve found
+  negligible is dropped. Only where a solve stopped on neither of its
+  convergence tests (iteration or condition limit) does a dual give nothing,
+  and ``g`` or ``y`` takes a solve of its own;
+* undamped with ``assume_full_rank``: a tall ``A`` has ``w = 0`` and a wide
+  one ``r = 0`` whatever the solves' stop codes.
 
 :func:`pushforward` is the forward-mode rule (the tangent of ``x`` given the
 tangents of the inputs), written with the same solves: each is passed through
@@ -41,6 +45,12 @@ from ._driver import lsmr_on, real_dtype
 from .operator import Operator
 
 Array = Any
+
+#: Stop codes after which a solve's residual is negligible (its test 1 held: the
+#: system is consistent to the tolerances), and after which it is a least-squares
+#: residual (test 2 held, or ``op^H rhs = 0``): see `dual_pinv`.
+CONSISTENT = (1, 4)
+LEAST_SQUARES = (0, 2, 5)
 
 
 @dataclass(frozen=True)
@@ -87,8 +97,8 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
     ``damped`` says which rule applies; it is decided from the value the user gave
     (a damp passed as an array is taken to be positive). Each solve runs at most
     ``limit`` iterations when given, else at least ``min(m, n)`` and ``maxiter``
-    (`lsqdiff._driver.lsmr_on`). ``y = A^+H (x - x0)`` when the forward solve
-    carried it (undamped, wide, ``assume_full_rank``: see `Prepared`).
+    (`lsqdiff._driver.lsmr_on`). ``y``: what `forward_dual` took from the
+    forward solve (undamped), else None.
     """
     m, n = op.shape
     settings = dict(xp=xp, backend=backend, dtype=dtype, atol=atol, btol=btol, ctol=ctol,
@@ -106,39 +116,165 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
         return Cotangents(b_bar, x0_bar, damp_bar, Terms(((1.0, r, g), (-1.0, b_bar, x))))
 
     AH = Operator((n, m), op.rmatvec, op.matvec)
-    terms: list[tuple[float, Array, Array]] = []
-    tall_full_rank = assume_full_rank and m >= n
-    if tall_full_rank:
-        # The null space is {0}: x0 and y drop out, and as A is injective the dual of
-        # the b_bar solve, z with A z = b_bar, is g = A^+ b_bar (no second solve).
-        b_bar, g = lsmr_on(AH, x_bar, dual=True, **settings)
-        x0_bar = None if x0 is None else xp.zeros_like(x0)
-    elif y is not None:  # carried by the forward solve
-        b_bar = lsmr_on(AH, x_bar, **settings)
-    elif backend.on_cpu(x_bar):
-        # On a CPU a product with 2k columns costs more than 2k matrix-vector
-        # products, and a single column's recurrences run on Python floats:
-        # two solves are 2-5x faster than one block solve of both right-hand sides.
-        b_bar = lsmr_on(AH, x_bar, **settings)
-        y = lsmr_on(AH, d, **settings)
-    else:
+    y_fwd, y_ok, r_zero = _from_forward(y, assume_full_rank and m < n)
+    block = _is_false(y_ok) and not (assume_full_rank and m >= n) and not backend.on_cpu(x_bar)
+    if block:
+        # y takes a solve: off a CPU, one block solve of both right-hand sides
+        # costs less than two solves (on a CPU it costs more).
         k = 1 if x_bar.ndim == 1 else x_bar.shape[1]
         pair = xp.concat([xp.reshape(x_bar, (n, k)), xp.reshape(d, (n, k))], axis=1)
-        Y = lsmr_on(AH, pair, **settings)
-        b_bar = xp.reshape(Y[:, :k], (m,) + tuple(x_bar.shape[1:]))
-        y = xp.reshape(Y[:, k:], b_bar.shape)
-    if not tall_full_rank:
+        Y, Z, stops = lsmr_on(AH, pair, dual=True, stop=True, **settings)
+        shape = (m,) + tuple(x_bar.shape[1:])
+        b_bar, z = xp.reshape(Y[:, :k], shape), xp.reshape(Z[:, :k], x_bar.shape)
+        y_fwd, y_ok = xp.reshape(Y[:, k:], shape), True
+        stop = tuple(xp.reshape(a[:k], tuple(x_bar.shape[1:])) for a in stops)
+    elif _all_true(r_zero, xp, backend):  # no r g^H term: neither g nor the dual is needed
+        b_bar, stop = lsmr_on(AH, x_bar, stop=True, **settings)
+        z = None
+    else:
+        b_bar, z, stop = lsmr_on(AH, x_bar, dual=True, stop=True, **settings)
+    if assume_full_rank and m >= n:  # A is injective: w = 0, and the dual is g
+        w, g, g_ok, w_zero = None, z, True, True
+    elif z is None:
+        w, g, g_ok = x_bar - op.rmatvec(b_bar), None, True
+        w_zero = _stopped_by(stop[0], CONSISTENT, xp)
+    else:
         w = x_bar - op.rmatvec(b_bar)
+        g, g_ok, w_zero = dual_pinv(z, w, stop, xp, target=b_bar, adjoint=op.matvec,
+                                    atol=atol, btol=btol)
+
+    terms: list[tuple[float, Array, Array]] = [(-1.0, b_bar, x)]
+    x0_bar = None if x0 is None else xp.zeros_like(x0)
+    if not _all_true(w_zero, xp, backend):
+        y = _complete(y_ok, y_fwd, lambda s: lsmr_on(AH, s, **settings), d, xp)
+        w = _zero_where(w_zero, w, xp)
         terms.append((1.0, y, w))
         x0_bar = None if x0 is None else w
-    if not (assume_full_rank and m < n):  # a wide full-rank A leaves no residual
-        if not tall_full_rank:
-            g = lsmr_on(op, b_bar, **settings)
-        terms.append((1.0, b - op.matvec(x), g))
-    terms.append((-1.0, b_bar, x))
+    if not _all_true(r_zero, xp, backend):
+        g = _complete(g_ok, g, lambda s: lsmr_on(op, s, **settings), b_bar, xp)
+        terms.append((1.0, _zero_where(r_zero, b - op.matvec(x), xp), g))
     # At damp = 0 the solution does not move with damp to first order.
     damp_bar = xp.zeros((), dtype=real_dtype(xp, dtype), device=aac.device(x_bar))
     return Cotangents(b_bar, x0_bar, damp_bar, Terms(tuple(terms)))
+
+
+def forward_dual(op: Operator, b: Array, x: Array, x0: Array | None, z: Array, stop: Any, *,
+                 xp: Any, atol: float, btol: float, full_row_rank: bool) -> tuple[Any, Any, Any]:
+    """What the gradient takes from an undamped forward solve that carried its dual
+    ``z`` (``A^H z = x - x0``): ``(y, y_ok, r_zero)`` with ``y = A^+H (x - x0)``
+    where ``y_ok``, and ``r_zero`` where the residual ``b - A x`` is negligible
+    (`dual_pinv`, with the forward's ``stop = (istop, norma)`` and the gradient's
+    tolerances; per column for a 2-D ``b``). ``full_row_rank``
+    (``assume_full_rank`` on a wide ``A``): ``r = 0`` and ``y = z``."""
+    if full_row_rank:
+        return z, True, True
+    return dual_pinv(z, b - op.matvec(x), stop, xp, target=x if x0 is None else x - x0,
+                     adjoint=op.rmatvec, atol=atol, btol=btol)
+
+
+def _from_forward(carry: Any, full_row_rank: bool) -> tuple[Any, Any, Any]:
+    """``(y, y_ok, r_zero)`` from `forward_dual`'s result (None: nothing carried).
+    A wide ``A`` of full rank leaves no residual and its dual is ``y``: decided
+    here, where the flags are still Python bools (under JAX the carried ones are
+    traced)."""
+    if full_row_rank:
+        return (None, False, True) if carry is None else (carry[0], True, True)
+    return (None, False, False) if carry is None else carry
+
+
+def dual_pinv(z: Array, res: Array, stop: Any, xp: Any, *, target: Array, adjoint: Any,
+              atol: float, btol: float) -> tuple[Any, Any, Any]:
+    """The minimum-norm solution ``p = op^+H target`` of ``op^H p = target``, from
+    the dual of a solve of ``op s = rhs`` (``target = s``): ``(p, ok, negligible)``
+    per column. ``adjoint`` applies ``op^H``; ``stop = (istop, norma)``.
+
+    The dual ``z`` satisfies ``op^H z = s`` and lies in ``span{rhs, range(op)}``,
+    so it is ``p`` plus a part in ``null(op^H)`` along the exact residual
+    ``res* = rhs - op s*``. Where the solve stopped on its test 1 (``istop`` in
+    `CONSISTENT`), ``res*`` is negligible: ``p = z``, and the caller drops the
+    residual's term. Where it stopped on test 2 (`LEAST_SQUARES`), the computed
+    ``res = rhs - op s`` has the direction of ``res*`` to within about
+    ``atol cond(op)``, and ``z`` minus its part along ``res`` is ``p`` up to an
+    error that this direction's error can amplify (by the size of that part
+    against ``p``, which grows with the iterations): it is taken only if it
+    passes the test 1 that a solve of ``op^H p = target`` would have to pass,
+    ``||target - op^H p|| <= btol ||target|| + atol norma ||p||`` (one product).
+    Elsewhere (iteration or condition limit, NaN), or where that check fails,
+    ``ok`` is false and ``p`` must come from a solve (``p`` is None for one host
+    column).
+    """
+    istop, norma = stop
+    negligible = _stopped_by(istop, CONSISTENT, xp)
+    least_squares = _stopped_by(istop, LEAST_SQUARES, xp)
+    if isinstance(negligible, bool):
+        if negligible:
+            return z, True, True
+        if least_squares:
+            p = _project_out(z, res, xp)
+            if bool(_passes(p, target, adjoint, norma, atol, btol, xp)):
+                return p, True, False
+        return None, False, False
+    p = _project_out(z, res, xp)
+    ok = xp.logical_and(least_squares, _passes(p, target, adjoint, norma, atol, btol, xp))
+    return xp.where(negligible, z, p), xp.logical_or(negligible, ok), negligible
+
+
+def _passes(p: Array, target: Array, adjoint: Any, norma: Any, atol: float, btol: float,
+            xp: Any) -> Any:
+    """Per column: whether ``p`` passes LSMR's test 1 for ``op^H p = target``, with
+    the tolerances raised to what the explicit residual can be computed to
+    (``100 eps``: LSMR's own test 4 stops there too)."""
+    norm = lambda a: xp.linalg.vector_norm(a, axis=0)  # noqa: E731
+    floor = 100 * float(xp.finfo(p.dtype).eps)
+    return (norm(target - adjoint(p))
+            <= max(btol, floor) * norm(target) + max(atol, floor) * norma * norm(p))
+
+
+def _project_out(z: Array, res: Array, xp: Any) -> Array:
+    """``z`` minus its part along ``res``, column by column (scaled first, so that
+    no square of a tiny or huge residual is formed)."""
+    norm = xp.linalg.vector_norm(res, axis=0)
+    unit = res / xp.astype(xp.where(norm > 0, norm, xp.ones_like(norm)), res.dtype)
+    return z - unit * xp.sum(_conj(unit, xp) * z, axis=0)
+
+
+def _stopped_by(istop: Any, codes: tuple[int, ...], xp: Any) -> Any:
+    """Whether the stop code is one of ``codes``: a bool for a host code, else an array."""
+    if isinstance(istop, int):
+        return istop in codes
+    hit = istop == codes[0]
+    for code in codes[1:]:
+        hit = xp.logical_or(hit, istop == code)
+    return hit
+
+
+def _all_true(flag: Any, xp: Any, backend: Any) -> bool:
+    """Whether ``flag`` holds in every column, where that is known without tracing."""
+    if isinstance(flag, bool):
+        return flag
+    return not backend.traced and bool(xp.all(flag))
+
+
+def _is_false(flag: Any) -> bool:
+    return isinstance(flag, bool) and not flag
+
+
+def _zero_where(flag: Any, a: Array, xp: Any) -> Array:
+    """``a`` with the columns where ``flag`` holds set to zero."""
+    if isinstance(flag, bool):
+        return xp.zeros_like(a) if flag else a
+    return xp.where(flag, xp.zeros_like(a), a)
+
+
+def _complete(have: Any, value: Any, solve: Any, rhs: Array, xp: Any) -> Array:
+    """``value`` where ``have`` holds, ``solve(rhs)`` elsewhere. The solve gets a
+    zero right-hand side in the columns that have their value, and LSMR stops
+    on a zero right-hand side before its first iteration: no branch on values,
+    so it traces (under JAX, ``lax.cond`` on a batched predicate would not
+    transpose)."""
+    if isinstance(have, bool):
+        return value if have else solve(rhs)
+    return xp.where(have, value, solve(_zero_where(have, rhs, xp)))
 
 
 def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *,
@@ -157,10 +293,11 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
       ``c = (A M^-1 t, damp M^-1 t)``);
     * undamped (from ``x = A^+ b + (I - A^+ A) x0`` and the derivative of the
       pseudo-inverse): ``w = A'^H y + x0'`` with ``y = A^+H d``, then
-      ``x' = w + A^+ (b' - A' x - A w + A^+H (A'^H r))``: a solve with ``A^H`` for
-      ``y`` (only when ``A`` moves) and one for the residual term, and one
-      with ``A``; with ``assume_full_rank`` a wide ``A`` (``r = 0``) needs no
-      residual term and takes ``y`` from the forward solve, and a tall ``A``
+      ``x' = w + A^+ (b' - A' x - A w + A^+H (A'^H r))``: ``y`` from the forward
+      solve's dual (`forward_dual`; a solve with ``A^H`` only where that gives
+      nothing), a solve with ``A^H`` for the residual term (none where the
+      forward found ``r`` negligible, or with ``assume_full_rank`` on a wide
+      ``A``), and one with ``A``; with ``assume_full_rank`` a tall ``A``
       (no null space, so no ``w``) one solve:
       ``x' = N^-1 (A^H (b' - A' x) + A'^H r)`` with ``N = A^H A``, whose
       solution is the dual of the minimum-norm solve with ``A^H`` (`lsqdiff._dual`).
@@ -223,11 +360,16 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
     def pinv_h(rhs: Array) -> Array:  # A^+H rhs
         return backend.min_norm_solve(op, rhs, True, solve)
 
+    # y from the forward solve's dual only where that is known when the rule is
+    # built (`forward_dual`); elsewhere a solve that JAX can differentiate again:
+    # a y read off the forward loop would drop out of second derivatives.
+    y_fwd, y_ok, r_zero = _from_forward(y, assume_full_rank and m < n)
+    y = y_fwd if y_ok is True else None
     if y is None and (dA is not None or ddamp is not None):
         y = pinv_h(d)  # differentiable in A, for second derivatives
     w = _sum([None if dA is None else dA.rmatvec(y), dx0])
     terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]
-    if dA is not None and not (assume_full_rank and m < n):  # a wide full-rank A leaves r = 0
+    if dA is not None and r_zero is not True:  # no residual term where r = 0 is known
         terms.append(pinv_h(dA.rmatvec(b - op.matvec(x))))
     if ddamp is not None:
         # A traced damp at 0 (the only way ddamp reaches this rule): the damped

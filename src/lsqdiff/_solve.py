@@ -16,7 +16,7 @@ from typing import Any
 import array_api_compat as aac
 
 from . import _driver, _dual, _validate
-from ._gradient import Cotangents, pullback, pushforward
+from ._gradient import Cotangents, forward_dual, pullback, pushforward
 from ._info import CONVERGED_CODES, SolveInfo
 from .backends import Backend, backend_for
 from .operator import Operator
@@ -27,8 +27,8 @@ class Prepared:
     """A checked solve, ready to run and to differentiate.
 
     ``run(A, b, x0, damp)`` returns the final state; ``run_differentiated`` the
-    same and ``y``, what the gradient can take from the forward solve (the dual
-    ``A^+H (x - x0)`` of an undamped wide solve under ``assume_full_rank``, see
+    same and ``y``, what the gradient takes from the forward solve (for an
+    undamped solve, `lsqdiff._gradient.forward_dual` of the dual it carried, see
     `lsqdiff._dual`; else None); ``backward(A, b, x0, damp, x, x_bar, y)`` the
     `Cotangents`; ``tangent(A, b, x0, damp, x, y, dA, db, dx0, ddamp)`` the
     tangent of ``x`` (``dA`` an `Operator` of products with A's tangent; None
@@ -92,9 +92,14 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
         return backend.compiled(tuple(these.values()), loop) if compile_loop else loop
 
     run = runner(settings["options"])
-    # A wide full-rank solve hands the gradient y = A^+H (x - x0): its dual.
-    forward_dual = damped is False and bool(assume_full_rank) and shape_A[0] < shape_A[1]
-    run_dual = runner(settings["options"] + (("dual", True),)) if forward_dual else None
+    # An undamped solve hands the gradient y = A^+H (x - x0) through its dual
+    # (unneeded where A is assumed injective: there the gradient has no y). Traced
+    # solves take it only from a wide A assumed of full rank: their tangent rule
+    # solves for y otherwise, so that it can be differentiated again.
+    tall_full_rank = bool(assume_full_rank) and shape_A[0] >= shape_A[1]
+    carry_dual = damped is False and not tall_full_rank and (
+        not backend.traced or bool(assume_full_rank))
+    run_dual = runner(settings["options"] + (("dual", True),)) if carry_dual else None
     cache_key = None
     if compile_loop:
         # What else the backward pass depends on besides its array arguments.
@@ -121,7 +126,12 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
         if run_dual is None:
             return run(A_, b_, x0_, damp_), None
         state = run_dual(A_, b_, x0_, damp_)
-        return {k: v for k, v in state.items() if k not in _dual.STATE_KEYS}, state["zx"]
+        out = {k: v for k, v in state.items() if k not in _dual.STATE_KEYS}
+        y = forward_dual(operator(A_), cast(b_), out["x"], cast(x0_), state["zx"],
+                         (out["istop"], out["norma"]), xp=xp, atol=grad_settings["atol"],
+                         btol=grad_settings["btol"],
+                         full_row_rank=bool(assume_full_rank) and not tall_full_rank)
+        return out, y
 
     def backward(A_: Any, b_: Any, x0_: Any, damp_: Any, x: Any, x_bar: Any,
                  y: Any = None) -> Cotangents:

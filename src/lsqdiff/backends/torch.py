@@ -39,6 +39,10 @@ class TorchBackend(Backend):
         # and torch.func.vmap _Solve.vmap, where the loop's Python-float scalars
         # would drop the one and reject the other.
         box = _Box()
+        # Autograd will call backward: the forward carries what the gradient takes
+        # from it (in forward mode the tangent does without, at one more solve).
+        box.recording = torch.is_grad_enabled() and any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in (b, x0, damp, *params))
         x = _Solve.apply(p, box, b, x0, damp, *params)
         return {**box.state, "x": x}
 
@@ -205,6 +209,7 @@ class _Box:
 
     state: State
     y: Any
+    recording: bool
 
 
 class _Solve(torch.autograd.Function):
@@ -214,7 +219,9 @@ class _Solve(torch.autograd.Function):
     @staticmethod
     def forward(p: Prepared, box: _Box, b: Any, x0: Any, damp: Any, *params: Any) -> Any:
         with p.backend.solve_context():
-            state, box.y = p.run_differentiated(_operator_input(p, params), b, x0, damp)
+            A = _operator_input(p, params)
+            state, box.y = (p.run_differentiated(A, b, x0, damp) if box.recording
+                            else (p.run(A, b, x0, damp), None))
         box.state = state
         return state["x"]
 
