@@ -145,7 +145,7 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
                            dx0=cast(dx0), ddamp=ddamp, y=y, **grad_settings)
 
     return Prepared(backend, xp, dtype, run, run_differentiated, backward, tangent, operator,
-                    (A, b, x0, damp), cache_key, forward_dual)
+                    (A, b, x0, damp), cache_key, carry_dual)
 
 
 def solve(method: ModuleType, A: Any, b: Any, **kwargs: Any) -> tuple[Any, dict[str, Any], Backend]:

@@ -32,8 +32,12 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
         Right-hand side. With ``k`` columns, each is solved with its own
         recurrences and stopping test in one loop; a converged column stops
         changing.
-    damp : float or 0-d array, optional
-        Damping ``lambda >= 0``.
+    damp : float or 0-d real array, optional
+        Damping ``lambda >= 0``. A concrete value (Python or NumPy scalar, 0-d
+        array of any framework) is used as a float. A damp that is traced (JAX)
+        or carries derivatives (a torch tensor that requires grad) stays an
+        array of ``b``'s framework; its gradient rule is then chosen where the
+        solve runs (the pseudo-inverse rule at 0). Complex damps are refused.
     x0 : array of shape (n,) or (n, k), optional
         Warm start; the damping then applies to ``x - x0`` (SciPy's semantics).
         Never modified.
@@ -44,7 +48,8 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
         Stop when the estimate of ``cond([A; damp I])`` exceeds ``conlim``
         (0 disables the test).
     maxiter : int, optional
-        Iteration limit; default ``min(m, n)``.
+        Iteration limit; default ``min(m, n)``. Limits above ``2**31 - 1``
+        are clamped to it.
     assume_full_rank : bool, optional
         Gradients only: ``A`` has full rank, so the gradient (or tangent) of
         an undamped solve is one LSMR solve instead of three: a tall ``A``
@@ -78,16 +83,21 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     problem above is solved, with the stopping tests measured against
     ``||b - A x0||`` (SciPy's ``lsmr`` returns zeros there). NaN or Inf in ``b``, ``x0`` or the operator's output stops
     that column with ``istop = 8`` and ``converged = False``, returning the last
-    finite iterate. Under JAX the loop is a ``lax.while_loop``: the solve works
-    under ``jax.jit`` and ``jax.vmap``.
+    finite iterate; so does a solution whose norm overflows. The answer does not
+    depend on the scale of ``A`` and ``b`` (see the reliability page of the
+    docs). float16 and bfloat16 solves run their scalars in float32. Under JAX
+    the loop is a ``lax.while_loop``: the solve works under ``jax.jit`` and
+    ``jax.vmap``.
 
     Gradients: under JAX (``jax.grad``, ``jax.vjp``) and PyTorch (``.backward()``,
     ``torch.autograd.grad``) the solve is differentiable in ``A`` (dense, sparse
     values, or the arrays a `LinearOperator` depends on), ``b``, ``x0`` and
     ``damp``. The backward pass costs one (damped) to three (pseudo-inverse) more
     LSMR solves, not the forward's iterations; see `lsqdiff.vjp` for NumPy and
-    CuPy. A ``damp`` given as an array is taken to be positive: pass a Python
-    ``0.0`` for the pseudo-inverse gradient.
+    CuPy. Second derivatives are exact under both frameworks (see the
+    gradients page). A solve of the backward pass that stops without
+    converging raises `lsqdiff.GradientSolveWarning`;
+    `lsqdiff.backward_diagnostics` collects their diagnostics.
 
     Examples
     --------
@@ -129,8 +139,12 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
         Right-hand side. With ``k`` columns, each is solved with its own
         recurrences and stopping test in one loop; a converged column stops
         changing.
-    damp : float or 0-d array, optional
-        Damping ``lambda >= 0``.
+    damp : float or 0-d real array, optional
+        Damping ``lambda >= 0``. A concrete value (Python or NumPy scalar, 0-d
+        array of any framework) is used as a float. A damp that is traced (JAX)
+        or carries derivatives (a torch tensor that requires grad) stays an
+        array of ``b``'s framework; its gradient rule is then chosen where the
+        solve runs (the pseudo-inverse rule at 0). Complex damps are refused.
     x0 : array of shape (n,) or (n, k), optional
         Warm start; the damping then applies to ``x - x0`` (SciPy's semantics).
         Never modified.
@@ -141,7 +155,8 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
         Stop when the estimate of ``cond([A; damp I])`` exceeds ``conlim``
         (0 disables the test).
     maxiter : int, optional
-        Iteration limit; default ``2 n``.
+        Iteration limit; default ``2 n``. Limits above ``2**31 - 1`` are
+        clamped to it.
     assume_full_rank : bool, optional
         Gradients only: ``A`` has full rank, so the gradient (or tangent) of
         an undamped solve is one LSMR solve instead of three: a tall ``A``
@@ -175,16 +190,21 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     problem above is solved, with the stopping tests measured against
     ``||b - A x0||`` (SciPy's ``lsmr`` returns zeros there). NaN or Inf in ``b``, ``x0`` or the operator's output stops
     that column with ``istop = 8`` and ``converged = False``, returning the last
-    finite iterate. Under JAX the loop is a ``lax.while_loop``: the solve works
-    under ``jax.jit`` and ``jax.vmap``.
+    finite iterate; so does a solution whose norm overflows. The answer does not
+    depend on the scale of ``A`` and ``b`` (see the reliability page of the
+    docs). float16 and bfloat16 solves run their scalars in float32. Under JAX
+    the loop is a ``lax.while_loop``: the solve works under ``jax.jit`` and
+    ``jax.vmap``.
 
     Gradients: under JAX (``jax.grad``, ``jax.vjp``) and PyTorch (``.backward()``,
     ``torch.autograd.grad``) the solve is differentiable in ``A`` (dense, sparse
     values, or the arrays a `LinearOperator` depends on), ``b``, ``x0`` and
     ``damp``. The backward pass costs one (damped) to three (pseudo-inverse) more
     LSMR solves, not the forward's iterations; see `lsqdiff.vjp` for NumPy and
-    CuPy. A ``damp`` given as an array is taken to be positive: pass a Python
-    ``0.0`` for the pseudo-inverse gradient.
+    CuPy. Second derivatives are exact under both frameworks (see the
+    gradients page). A solve of the backward pass that stops without
+    converging raises `lsqdiff.GradientSolveWarning`;
+    `lsqdiff.backward_diagnostics` collects their diagnostics.
 
     Examples
     --------
