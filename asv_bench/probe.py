@@ -242,6 +242,16 @@ def _dense_solution(lib, Phi, y, damp):
     return lib.linalg.pinv(Phi) @ y
 
 
+def _against_dense(derivative: Callable, y, damp: float, lib, names: tuple[str, ...]) -> str:
+    """``derivative(solve)`` of lsqdiff's solve against the dense closed form's."""
+    try:
+        got = derivative(lambda P: lsqdiff.lsmr(P, y, damp=damp, atol=1e-13, btol=1e-13)[0])
+    except Exception as exc:
+        return "ok" if clear_error(exc, *names) else "unclear"
+    ref = derivative(lambda P: _dense_solution(lib, P, y, damp))
+    return "ok" if relerr(got, ref) <= 1e-5 else "wrong"
+
+
 def _torch_second(Phi_np, y_np, damp) -> Callable[[], str]:
     def run() -> str:
         torch = BACKENDS["torch"]
@@ -254,12 +264,7 @@ def _torch_second(Phi_np, y_np, damp) -> Callable[[], str]:
             h, = torch.autograd.grad(g.sum(), Phi)
             return h.numpy()
 
-        try:
-            got = hvp(lambda P: lsqdiff.lsmr(P, y, damp=damp, atol=1e-13, btol=1e-13)[0])
-        except Exception as exc:
-            return "ok" if clear_error(exc, "second", "double") else "unclear"
-        ref = hvp(lambda P: _dense_solution(torch, P, y, damp))
-        return "ok" if relerr(got, ref) <= 1e-5 else "wrong"
+        return _against_dense(hvp, y, damp, torch, ("second", "double"))
 
     return run
 
@@ -273,12 +278,7 @@ def _jax_second(Phi_np, y_np, damp) -> Callable[[], str]:
         def hess(solve) -> np.ndarray:
             return np.asarray(jax.hessian(lambda P: jnp.sum(solve(P) ** 2))(jnp.asarray(Phi_np)))
 
-        try:
-            got = hess(lambda P: lsqdiff.lsmr(P, y, damp=damp, atol=1e-13, btol=1e-13)[0])
-        except Exception as exc:
-            return "ok" if clear_error(exc, "second", "hessian") else "unclear"
-        ref = hess(lambda P: _dense_solution(jnp, P, y, damp))
-        return "ok" if relerr(got, ref) <= 1e-5 else "wrong"
+        return _against_dense(hess, y, damp, jnp, ("second", "hessian"))
 
     return run
 

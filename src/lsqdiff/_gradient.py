@@ -127,7 +127,8 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
         shape = (m,) + tuple(x_bar.shape[1:])
         b_bar, z = xp.reshape(Y[:, :k], shape), xp.reshape(Z[:, :k], x_bar.shape)
         y_fwd, y_ok = xp.reshape(Y[:, k:], shape), True
-        stop = tuple(xp.reshape(a[:k], tuple(x_bar.shape[1:])) for a in stops)
+        stop = stops if stops[0] is None else tuple(
+            xp.reshape(a[:k], tuple(x_bar.shape[1:])) for a in stops)
     elif _all_true(r_zero, xp, backend):  # no r g^H term: neither g nor the dual is needed
         b_bar, stop = lsmr_on(AH, x_bar, stop=True, **settings)
         z = None
@@ -204,6 +205,8 @@ def dual_pinv(z: Array, res: Array, stop: Any, xp: Any, *, target: Array, adjoin
     column).
     """
     istop, norma = stop
+    if istop is None:  # z is a minimum-norm solve of its own (`lsqdiff._driver.lsmr_on`)
+        return z, True, False
     negligible = _stopped_by(istop, CONSISTENT, xp)
     least_squares = _stopped_by(istop, LEAST_SQUARES, xp)
     if isinstance(negligible, bool):
@@ -239,7 +242,10 @@ def _project_out(z: Array, res: Array, xp: Any) -> Array:
 
 
 def _stopped_by(istop: Any, codes: tuple[int, ...], xp: Any) -> Any:
-    """Whether the stop code is one of ``codes``: a bool for a host code, else an array."""
+    """Whether the stop code is one of ``codes``: a bool for a host code, else an
+    array; False for None (no stop code: see `lsqdiff._driver.lsmr_on`)."""
+    if istop is None:
+        return False
     if isinstance(istop, int):
         return istop in codes
     hit = istop == codes[0]

@@ -209,7 +209,9 @@ class _Box:
 
     state: State
     y: Any
-    recording: bool
+    #: Whether the forward carries what a backward will take from it (`y`): set
+    #: for user solves that autograd records; the gradient's own solves do without.
+    recording: bool = False
 
 
 class _Solve(torch.autograd.Function):
