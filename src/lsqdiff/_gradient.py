@@ -369,14 +369,18 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
                              atol=atol, btol=btol)
         return p, _complete(ok, g, lambda s: lsmr_on(A, s, **settings), p, xp)
 
-    # y from the forward solve's dual: as is where it is known valid when the rule
-    # is built (`forward_dual`), else as the value of a solve that JAX can
-    # differentiate again, taken where the traced check passed (a y read off the
-    # forward loop would drop out of second derivatives).
+    # y from the forward solve's dual (`forward_dual`) where it passed its check.
+    # A traced backend takes it as the value of the solve for y, which it
+    # differentiates by that solve's own rule (a y read off the forward loop
+    # would drop out of second derivatives); that solve runs only where the
+    # check failed.
     y_fwd, y_ok, r_zero = _from_forward(y, assume_full_rank and m < n)
-    y = y_fwd if y_ok is True else None
+    y = y_fwd if y_ok is True and not backend.traced else None
     if y is None and (dA is not None or ddamp is not None):
-        y = pinv_h(d, None if y_fwd is None or not backend.traced else (y_fwd, y_ok))
+        hint = None
+        if y_fwd is not None and backend.traced:
+            hint = (y_fwd, xp.broadcast_to(xp.asarray(y_ok), tuple(d.shape[1:])))
+        y = pinv_h(d, hint)
     w = _sum([None if dA is None else dA.rmatvec(y), dx0])
     terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]
     if ddamp is not None:
