@@ -379,7 +379,8 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
     if y is None and (dA is not None or ddamp is not None):
         hint = None
         if y_fwd is not None and backend.traced:
-            hint = (y_fwd, xp.broadcast_to(xp.asarray(y_ok), tuple(d.shape[1:])))
+            ok = y_ok if y_ok is True else xp.broadcast_to(y_ok, tuple(d.shape[1:]))
+            hint = (y_fwd, ok)
         y = pinv_h(d, hint)
     w = _sum([None if dA is None else dA.rmatvec(y), dx0])
     terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]

@@ -388,20 +388,21 @@ def _operator(spec: _MinNormSpec, consts: Any, adjoint: bool) -> Operator:
 def _min_norm(spec: _MinNormSpec, consts: Any, rhs: Any, adjoint: bool,
               hint: tuple[Any, Any] | None = None) -> Any:
     """``B^+ rhs``; ``hint = (value, ok)``: the result is already known to be
-    ``value`` in the columns where ``ok`` holds (only its derivative is wanted there)."""
-    extra = () if hint is None else tuple(hint)
-    return _min_norm_p.bind(*consts, rhs, *extra, spec=spec, adjoint=adjoint,
-                            hinted=hint is not None)
+    ``value`` in the columns where ``ok`` holds (only its derivative is wanted
+    there). The parameter ``hinted`` counts the hint's operands: 0, 1 (``ok`` is
+    the Python bool True: no solve at all) or 2."""
+    extra = () if hint is None else hint[:1] if hint[1] is True else tuple(hint)
+    return _min_norm_p.bind(*consts, rhs, *extra, spec=spec, adjoint=adjoint, hinted=len(extra))
 
 
-def _split(args: Any, hinted: bool) -> tuple[Any, Any, tuple[Any, Any] | None]:
-    """The primitive's operands as ``(consts, rhs, hint)``."""
-    if hinted:
-        return args[:-3], args[-3], (args[-2], args[-1])
-    return args[:-1], args[-1], None
+def _split(args: Any, hinted: int) -> tuple[Any, Any, tuple[Any, Any] | None]:
+    """The primitive's operands as ``(consts, rhs, hint)``, ``hint = (value, ok)``."""
+    k = 1 + hinted
+    hint = None if not hinted else (args[-1], True) if hinted == 1 else (args[-2], args[-1])
+    return args[:-k], args[-k], hint
 
 
-def _min_norm_impl(*args: Any, spec: _MinNormSpec, adjoint: bool, hinted: bool) -> Any:
+def _min_norm_impl(*args: Any, spec: _MinNormSpec, adjoint: bool, hinted: int) -> Any:
     consts, rhs, hint = _split(args, hinted)
     op = _operator(spec, consts, adjoint)
     # The solve runs in the solve's dtype; the result keeps the rhs's, as declared.
@@ -410,18 +411,20 @@ def _min_norm_impl(*args: Any, spec: _MinNormSpec, adjoint: bool, hinted: bool) 
     # The columns with a known value get a zero right-hand side, on which LSMR
     # stops before its first iteration: no branch on values, so it traces.
     value, ok = hint
+    if ok is True:
+        return value.astype(rhs.dtype)
     solved = spec.solve(op, jnp.where(ok, jnp.zeros_like(rhs), rhs))
     return jnp.where(ok, value.astype(rhs.dtype), solved.astype(rhs.dtype))
 
 
-def _min_norm_abstract(*args: Any, spec: _MinNormSpec, adjoint: bool, hinted: bool) -> Any:
+def _min_norm_abstract(*args: Any, spec: _MinNormSpec, adjoint: bool, hinted: int) -> Any:
     rhs = _split(args, hinted)[1]
     m, n = spec.shape
     return jax.core.ShapedArray(((m if adjoint else n),) + tuple(rhs.shape[1:]), rhs.dtype)
 
 
 def _min_norm_jvp(primals: Any, tangents: Any, *, spec: _MinNormSpec, adjoint: bool,
-                  hinted: bool) -> Any:
+                  hinted: int) -> Any:
     """Golub & Pereyra's derivative of the pseudo-inverse, with ``y = B^+H x``,
     ``r = rhs - B x`` and ``w = B'^H y``:
     ``x' = B^+ (rhs' - B' x - B w + B^+H B'^H r) + w``. Every solve in it is this
@@ -458,7 +461,7 @@ def _linear_only(args: Any, n_consts: int) -> None:
 
 
 def _min_norm_transpose(ct: Any, *args: Any, spec: _MinNormSpec, adjoint: bool,
-                        hinted: bool) -> list[Any]:
+                        hinted: int) -> list[Any]:
     # JAX's transpose is unconjugated: (B^+)^T c = conj(B^+H conj(c)), B^+H = (B^H)^+.
     consts, rhs, hint = _split(args, hinted)
     _linear_only(args, len(consts))
@@ -497,7 +500,7 @@ def _batched_spec(spec: _MinNormSpec, consts: Any, dims: Any, size: int, dtype: 
 
 
 def _min_norm_batch(args: Any, dims: Any, *, spec: _MinNormSpec, adjoint: bool,
-                    hinted: bool) -> Any:
+                    hinted: int) -> Any:
     """The mapped right-hand sides become columns of one block solve (LSMR runs
     its columns independently); a mapped operator acts on its own columns."""
     n_consts = len(_split(args, hinted)[0])
@@ -508,8 +511,9 @@ def _min_norm_batch(args: Any, dims: Any, *, spec: _MinNormSpec, adjoint: bool,
     hint = None
     if hinted:  # the value has the output's leading axis, ok the columns' shape
         value = _to_last(args[n_consts + 1], dims[n_consts + 1], size)
-        hint = (value.reshape(value.shape[0], -1),
-                _to_last(args[n_consts + 2], dims[n_consts + 2], size).reshape(-1))
+        ok = (True if hinted == 1
+              else _to_last(args[n_consts + 2], dims[n_consts + 2], size).reshape(-1))
+        hint = (value.reshape(value.shape[0], -1), ok)
     bspec, bconsts = _batched_spec(spec, args[:n_consts], dims[:n_consts], size, flat.dtype,
                                    flat.shape[1])
     out = _min_norm(bspec, bconsts, flat, adjoint, hint)
@@ -551,7 +555,7 @@ def _pair_composed(spec: _MinNormSpec, consts: Any, rhs: Any, transposed: bool) 
 def _pair_impl(*args: Any, spec: _MinNormSpec, transposed: bool) -> list[Any]:
     if not transposed:
         consts, q, s = args[:-2], args[-2], args[-1]
-        settings = dict(spec=spec, hinted=False)
+        settings = dict(spec=spec, hinted=0)
         p = _min_norm_impl(*consts, s, adjoint=True, **settings)
         return [_min_norm_impl(*consts, q + p, adjoint=False, **settings)]
     consts, c = args[:-1], args[-1]
