@@ -71,14 +71,20 @@ def jax_solve(solver, has_x0, damped):
 
 def while_loops(fn, *args) -> int:
     """While loops in ``fn``'s jaxpr, counting those in its equations' parameters
-    (custom_linear_solve holds a solve and its transpose) and one for each
-    minimum-norm solve primitive (its loop appears only when lowered)."""
+    (custom_linear_solve holds a solve and its transpose) and those of the
+    minimum-norm solve primitives (their loops appear only when lowered)."""
     import jax
 
     def count(jaxpr):
         total = 0
         for eqn in jaxpr.eqns:
-            total += eqn.primitive.name in ("while", "lsqdiff_min_norm_solve")
+            total += eqn.primitive.name == "while"
+            # A min-norm solve whose value is given (hinted == 1) runs no loop;
+            # the pair A^+ (q + A^+H s) runs two, its transposed form one.
+            if eqn.primitive.name == "lsqdiff_min_norm_solve":
+                total += eqn.params["hinted"] != 1
+            if eqn.primitive.name == "lsqdiff_min_norm_pair":
+                total += 1 if eqn.params["transposed"] else 2
             stack = list(eqn.params.values())
             while stack:
                 v = stack.pop()

@@ -400,22 +400,17 @@ def test_hessian_in_sparse_values():
                  1e-9, 1e-10, "d2L/dvalues2")
 
 
-WIDE_FULL_RANK = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="a wide assume_full_rank solve takes y from its forward loop's dual, whose "
-           "loop JAX cannot reverse-differentiate (forward over reverse works)")
-
-
 @pytest.mark.parametrize("shape, options", [
-    pytest.param(shape, options, id=f"{shape[0]}x{shape[1]}-{name}",
-                 marks=[WIDE_FULL_RANK] if name == "full-rank" and shape == (4, 6) else [])
+    pytest.param(shape, options, id=f"{shape[0]}x{shape[1]}-{name}")
     for shape in [(6, 4), (4, 6)]
     for name, options in [("undamped", {}), ("damped", {"damp": 0.5}),
                           ("full-rank", {"assume_full_rank": True})]])
 def test_grad_of_grad(shape, options):
     """Reverse over reverse (jax.grad of jax.grad) of a scalar path A(s) = s A: the
     rule computes x by the solve itself, so the outer grad takes the rule again
-    instead of the loop (which JAX cannot reverse-differentiate)."""
+    instead of the loop (which JAX cannot reverse-differentiate); so does a wide
+    assume_full_rank solve, whose y (the forward's dual) enters only as the value
+    of the min-norm primitive, differentiated by that primitive's rule."""
     A, b = (jnp.asarray(a) for a in make_problem(shape, seed=9))
     damp = options.get("damp", 0.0)
 

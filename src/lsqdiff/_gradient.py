@@ -363,27 +363,48 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
     def pinv(rhs: Array) -> Array:  # A^+ rhs
         return backend.min_norm_solve(op, rhs, False, solve)
 
-    def pinv_h(rhs: Array) -> Array:  # A^+H rhs
-        return backend.min_norm_solve(op, rhs, True, solve)
+    def pinv_h(rhs: Array, hint: Any = None) -> Array:  # A^+H rhs
+        return backend.min_norm_solve(op, rhs, True, solve, hint)
 
-    # y from the forward solve's dual only where that is known when the rule is
-    # built (`forward_dual`); elsewhere a solve that JAX can differentiate again:
-    # a y read off the forward loop would drop out of second derivatives.
+    def pinv_pair_adjoint(A: Operator, c: Array) -> tuple[Array, Array]:
+        # (A^+H c, A^+ A^+H c) from one solve with A^H: the second is the dual of
+        # the first where `dual_pinv` accepts it (as g in `pullback`), else a solve.
+        AH_ = Operator((n, m), A.rmatvec, A.matvec)
+        p, z, stop = lsmr_on(AH_, c, dual=True, stop=True, **settings)
+        g, ok, _ = dual_pinv(z, c - A.rmatvec(p), stop, xp, target=p, adjoint=A.matvec,
+                             atol=atol, btol=btol)
+        return p, _complete(ok, g, lambda s: lsmr_on(A, s, **settings), p, xp)
+
+    # y from the forward solve's dual (`forward_dual`) where it passed its check.
+    # A traced backend takes it as the value of the solve for y, which it
+    # differentiates by that solve's own rule (a y read off the forward loop
+    # would drop out of second derivatives); that solve runs only where the
+    # check failed.
     y_fwd, y_ok, r_zero = _from_forward(y, assume_full_rank and m < n)
-    y = y_fwd if y_ok is True else None
+    y = y_fwd if y_ok is True and not backend.traced else None
     if y is None and (dA is not None or ddamp is not None):
-        y = pinv_h(d)  # differentiable in A, for second derivatives
+        hint = None
+        if y_fwd is not None and backend.traced:
+            ok = y_ok if y_ok is True else xp.broadcast_to(y_ok, tuple(d.shape[1:]))
+            hint = (y_fwd, ok)
+        y = pinv_h(d, hint)
     w = _sum([None if dA is None else dA.rmatvec(y), dx0])
     terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]
-    if dA is not None and r_zero is not True:  # no residual term where r = 0 is known
-        terms.append(pinv_h(dA.rmatvec(b - op.matvec(x))))
     if ddamp is not None:
         # A traced damp at 0 (the only way ddamp reaches this rule): the damped
         # rule's -2 damp damp' (A^H A)^+ d, zero here as x depends on damp^2, but
         # not its derivative in damp: d^2 x / d damp^2 = -2 (A^H A)^+ d at 0.
         terms.append((-2 * damp * ddamp) * y)
     q = _sum(terms)
-    dx = _sum([None if q is None else pinv(q), w])
+    # The residual term A^+H (A'^H r), none where r = 0 is known: with it,
+    # A^+ (q + A^+H s) is one pair, whose transpose takes a single solve.
+    s = None if dA is None or r_zero is True else dA.rmatvec(b - op.matvec(x))
+    if s is None:
+        dx = _sum([None if q is None else pinv(q), w])
+    else:
+        q = xp.zeros((m,) + tuple(s.shape[1:]), dtype=s.dtype, device=aac.device(s)) \
+            if q is None else q
+        dx = _sum([backend.min_norm_pair(op, q, s, solve, pinv_pair_adjoint), w])
     return xp.zeros_like(x) if dx is None else dx
 
 

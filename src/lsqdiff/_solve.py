@@ -94,11 +94,10 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
     run = runner(settings["options"])
     # An undamped solve hands the gradient y = A^+H (x - x0) through its dual
     # (unneeded where A is assumed injective: there the gradient has no y). Traced
-    # solves take it only from a wide A assumed of full rank: their tangent rule
-    # solves for y otherwise, so that it can be differentiated again.
+    # solves pass it to the tangent rule as the value of the solve for y, which
+    # JAX differentiates again by that solve's own rule (second derivatives).
     tall_full_rank = bool(assume_full_rank) and shape_A[0] >= shape_A[1]
-    carry_dual = damped is False and not tall_full_rank and (
-        not backend.traced or bool(assume_full_rank))
+    carry_dual = damped is False and not tall_full_rank
     run_dual = runner(settings["options"] + (("dual", True),)) if carry_dual else None
     cache_key = None
     if compile_loop:

@@ -119,7 +119,8 @@ class Backend:
         record(make_info(state, self))
 
     def min_norm_solve(self, op: Operator, rhs: Any, adjoint: bool,
-                       solve: Callable[[Operator, Any], Any]) -> Any:
+                       solve: Callable[[Operator, Any], Any],
+                       hint: tuple[Any, Any] | None = None) -> Any:
         """``A^+ rhs`` (``A^+H rhs`` with ``adjoint``) by ``solve(B, rhs)``, the
         minimum-norm solve with ``B = A`` or ``A^H``.
 
@@ -129,7 +130,21 @@ class Backend:
         and transpose for it.
         """
         B = Operator((op.shape[1], op.shape[0]), op.rmatvec, op.matvec) if adjoint else op
-        return solve(B, rhs)
+        if hint is None:
+            return solve(B, rhs)
+        # ``hint = (value, ok)``: the result is known to be ``value`` in the columns
+        # where ``ok`` holds; those get a zero right-hand side, on which LSMR stops
+        # before its first iteration.
+        value, ok = hint
+        xp = self.xp
+        return xp.where(ok, value, solve(B, xp.where(ok, xp.zeros_like(rhs), rhs)))
+
+    def min_norm_pair(self, op: Operator, q: Any, s: Any, solve: Callable[[Operator, Any], Any],
+                      pair_adjoint: Callable[[Operator, Any], tuple[Any, Any]]) -> Any:
+        """``A^+ q + A^+ A^+H s`` (two solves). ``pair_adjoint(A, c)`` returns
+        ``(A^+H c, A^+ A^+H c)`` from one solve: a framework that transposes the
+        tangent rule (JAX) registers it as the transpose."""
+        return self.min_norm_solve(op, q + self.min_norm_solve(op, s, True, solve), False, solve)
 
     def select(self, pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
         """``if_true()`` where the 0-d boolean ``pred`` holds, else ``if_false()``;

@@ -72,13 +72,15 @@ class JaxBackend(Backend):
                 state = {**state, "x": x.astype(state["x"].dtype)}
             return state
 
-        def jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[State, State]:
-            if p.carries_dual:
-                state, y = p.run_differentiated(rebuild(primals[0]), *primals[1:])
-            else:
-                # The solve itself, not its loop: differentiated again (second
-                # derivatives, reverse over reverse) it takes this rule again.
-                state, y = solve(*primals), None
+        @jax.custom_jvp
+        def solve_dual(A_args: Any, b: Any, x0: Any, damp: Any) -> tuple[State, Any]:
+            # The forward loop with its dual: what the undamped tangent rule takes
+            # y = A^+H (x - x0) from (as the value of its min-norm primitive).
+            state, y = p.run_differentiated(rebuild(A_args), b, x0, damp)
+            return state, jax.tree_util.tree_map(jnp.asarray, y)
+
+        def x_tangent(primals: tuple[Any, ...], tangents: tuple[Any, ...], state: State,
+                      y: Any) -> State:
             # Which inputs move: the others are symbolic zeros, and their solves are skipped.
             moving = tuple(_moves(t) for t in tangents)
             dots = [_instantiate(t, x) if move else None
@@ -87,7 +89,28 @@ class JaxBackend(Backend):
             # The diagnostics are not differentiated.
             state_dot = {k: SymbolicZero(jax.typeof(v).to_tangent_aval()) for k, v in state.items()}
             state_dot["x"] = x_dot
-            return state, state_dot
+            return state_dot
+
+        def dual_jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
+            # Differentiated again (second derivatives), x moves by the solve's own
+            # rule, never through the loop; y's tangent is zero because y is only
+            # ever a value hint of the min-norm primitive, whose derivative
+            # ignores it (it differentiates the pseudo-inverse at its output).
+            state, y = solve_dual(*primals)
+            y_dot = jax.tree_util.tree_map(
+                lambda v: SymbolicZero(jax.typeof(v).to_tangent_aval()), y)
+            return (state, y), (x_tangent(primals, tangents, state, y), y_dot)
+
+        solve_dual.defjvp(dual_jvp, symbolic_zeros=True)
+
+        def jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[State, State]:
+            if p.carries_dual:
+                state, y = solve_dual(*primals)
+            else:
+                # The solve itself, not its loop: differentiated again (second
+                # derivatives, reverse over reverse) it takes this rule again.
+                state, y = solve(*primals), None
+            return state, x_tangent(primals, tangents, state, y)
 
         solve.defjvp(jvp, symbolic_zeros=True)
         return solve(A_args, b, x0, jnp.asarray(damp))
@@ -131,12 +154,20 @@ class JaxBackend(Backend):
         return x
 
     def min_norm_solve(self, op: Operator, rhs: Any, adjoint: bool,
-                       solve: Callable[[Operator, Any], Any]) -> Any:
+                       solve: Callable[[Operator, Any], Any],
+                       hint: tuple[Any, Any] | None = None) -> Any:
         # A primitive of its own: lax.custom_linear_solve's JVP in the operator,
         # x' = solve(b' - A' x), holds only for an invertible A and would drop two
         # terms of the pseudo-inverse's derivative from every second derivative.
         spec, consts = _min_norm_spec(op.matvec, op.rmatvec, op.shape, rhs.dtype, None, solve)
-        return _min_norm(spec, consts, rhs, adjoint)
+        return _min_norm(spec, consts, rhs, adjoint, hint)
+
+    def min_norm_pair(self, op: Operator, q: Any, s: Any, solve: Callable[[Operator, Any], Any],
+                      pair_adjoint: Callable[[Operator, Any], tuple[Any, Any]]) -> Any:
+        # A primitive whose transpose takes one solve where two single ones would take two.
+        spec, consts = _min_norm_spec(op.matvec, op.rmatvec, op.shape, q.dtype, None, solve,
+                                      pair_adjoint)
+        return _pair(spec, consts, (q, s), False)[0]
 
     def select(self, pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
         return jax.lax.cond(pred, if_true, if_false)
@@ -304,7 +335,9 @@ class _MinNormSpec:
     """A's products as jaxprs over their closed-over arrays (the primitive's
     leading operands: ``n_matvec`` for ``matvec``, then ``rmatvec``'s), and the
     solve ``(Operator, rhs) -> x``. ``block`` is None when the products take
-    vectors (blocks are mapped column by column), else the one block width they take."""
+    vectors (blocks are mapped column by column), else the one block width they
+    take. ``pair_adjoint``: ``(A, c) -> (A^+H c, A^+ A^+H c)`` from one solve
+    (the pair primitive's transposed form), None for the single primitive."""
 
     shape: tuple[int, int]
     matvec: Jaxpr
@@ -312,10 +345,12 @@ class _MinNormSpec:
     n_matvec: int
     block: int | None
     solve: Callable[[Operator, Any], Any]
+    pair_adjoint: Callable[[Operator, Any], tuple[Any, Any]] | None = None
 
 
 def _min_norm_spec(matvec: MatVec, rmatvec: MatVec, shape: tuple[int, int], dtype: Any,
-                   block: int | None, solve: Callable[[Operator, Any], Any]
+                   block: int | None, solve: Callable[[Operator, Any], Any],
+                   pair_adjoint: Callable[[Operator, Any], tuple[Any, Any]] | None = None
                    ) -> tuple[_MinNormSpec, list[Any]]:
     """Trace the products once; every array they close over becomes an operand
     (so the primitive sees, differentiates and batches them)."""
@@ -323,7 +358,7 @@ def _min_norm_spec(matvec: MatVec, rmatvec: MatVec, shape: tuple[int, int], dtyp
     tail = () if block is None else (block,)
     mv = jax.make_jaxpr(matvec)(jax.ShapeDtypeStruct((n,) + tail, dtype))
     rmv = jax.make_jaxpr(rmatvec)(jax.ShapeDtypeStruct((m,) + tail, dtype))
-    spec = _MinNormSpec((m, n), mv.jaxpr, rmv.jaxpr, len(mv.consts), block, solve)
+    spec = _MinNormSpec((m, n), mv.jaxpr, rmv.jaxpr, len(mv.consts), block, solve, pair_adjoint)
     return spec, list(mv.consts) + list(rmv.consts)
 
 
@@ -342,34 +377,62 @@ def _names(adjoint: bool) -> tuple[str, str]:
     return ("rmatvec", "matvec") if adjoint else ("matvec", "rmatvec")
 
 
-def _min_norm(spec: _MinNormSpec, consts: Any, rhs: Any, adjoint: bool) -> Any:
-    return _min_norm_p.bind(*consts, rhs, spec=spec, adjoint=adjoint)
-
-
-def _min_norm_impl(*args: Any, spec: _MinNormSpec, adjoint: bool) -> Any:
-    consts, rhs = args[:-1], args[-1]
+def _operator(spec: _MinNormSpec, consts: Any, adjoint: bool) -> Operator:
+    """``B = A`` (``A^H`` with ``adjoint``) as an `Operator` over A's arrays ``consts``."""
     b, bh = _names(adjoint)
     m, n = spec.shape
-    op = Operator((n, m) if adjoint else (m, n), lambda v: _product(spec, consts, b, v),
-                  lambda u: _product(spec, consts, bh, u))
+    return Operator((n, m) if adjoint else (m, n), lambda v: _product(spec, consts, b, v),
+                    lambda u: _product(spec, consts, bh, u))
+
+
+def _min_norm(spec: _MinNormSpec, consts: Any, rhs: Any, adjoint: bool,
+              hint: tuple[Any, Any] | None = None) -> Any:
+    """``B^+ rhs``; ``hint = (value, ok)``: the result is already known to be
+    ``value`` in the columns where ``ok`` holds (only its derivative is wanted
+    there). The parameter ``hinted`` counts the hint's operands: 0, 1 (``ok`` is
+    the Python bool True: no solve at all) or 2."""
+    extra = () if hint is None else hint[:1] if hint[1] is True else tuple(hint)
+    return _min_norm_p.bind(*consts, rhs, *extra, spec=spec, adjoint=adjoint, hinted=len(extra))
+
+
+def _split(args: Any, hinted: int) -> tuple[Any, Any, tuple[Any, Any] | None]:
+    """The primitive's operands as ``(consts, rhs, hint)``, ``hint = (value, ok)``."""
+    k = 1 + hinted
+    hint = None if not hinted else (args[-1], True) if hinted == 1 else (args[-2], args[-1])
+    return args[:-k], args[-k], hint
+
+
+def _min_norm_impl(*args: Any, spec: _MinNormSpec, adjoint: bool, hinted: int) -> Any:
+    consts, rhs, hint = _split(args, hinted)
+    op = _operator(spec, consts, adjoint)
     # The solve runs in the solve's dtype; the result keeps the rhs's, as declared.
-    return spec.solve(op, rhs).astype(rhs.dtype)
+    if hint is None:
+        return spec.solve(op, rhs).astype(rhs.dtype)
+    # The columns with a known value get a zero right-hand side, on which LSMR
+    # stops before its first iteration: no branch on values, so it traces.
+    value, ok = hint
+    if ok is True:
+        return value.astype(rhs.dtype)
+    solved = spec.solve(op, jnp.where(ok, jnp.zeros_like(rhs), rhs))
+    return jnp.where(ok, value.astype(rhs.dtype), solved.astype(rhs.dtype))
 
 
-def _min_norm_abstract(*args: Any, spec: _MinNormSpec, adjoint: bool) -> Any:
-    rhs = args[-1]
+def _min_norm_abstract(*args: Any, spec: _MinNormSpec, adjoint: bool, hinted: int) -> Any:
+    rhs = _split(args, hinted)[1]
     m, n = spec.shape
     return jax.core.ShapedArray(((m if adjoint else n),) + tuple(rhs.shape[1:]), rhs.dtype)
 
 
-def _min_norm_jvp(primals: Any, tangents: Any, *, spec: _MinNormSpec, adjoint: bool) -> Any:
+def _min_norm_jvp(primals: Any, tangents: Any, *, spec: _MinNormSpec, adjoint: bool,
+                  hinted: int) -> Any:
     """Golub & Pereyra's derivative of the pseudo-inverse, with ``y = B^+H x``,
     ``r = rhs - B x`` and ``w = B'^H y``:
     ``x' = B^+ (rhs' - B' x - B w + B^+H B'^H r) + w``. Every solve in it is this
-    primitive, so the tangent is itself differentiable and transposable."""
-    consts, rhs = primals[:-1], primals[-1]
-    dconsts, drhs = tangents[:-1], tangents[-1]
-    x = _min_norm(spec, consts, rhs, adjoint)
+    primitive, so the tangent is itself differentiable and transposable. It is
+    taken at the output, so a hint's own tangent plays no part."""
+    consts, rhs, hint = _split(primals, hinted)
+    dconsts, drhs = tangents[:len(consts)], tangents[len(consts)]
+    x = _min_norm(spec, consts, rhs, adjoint, hint)
     moving = any(type(t) is not ad.Zero for t in dconsts)
     if not moving:
         if type(drhs) is ad.Zero:
@@ -391,41 +454,69 @@ def _min_norm_jvp(primals: Any, tangents: Any, *, spec: _MinNormSpec, adjoint: b
     return x, _min_norm(spec, consts, q, adjoint) + w
 
 
-def _min_norm_transpose(ct: Any, *args: Any, spec: _MinNormSpec, adjoint: bool) -> list[Any]:
-    # JAX's transpose is unconjugated: (B^+)^T c = conj(B^+H conj(c)), B^+H = (B^H)^+.
-    consts, rhs = args[:-1], args[-1]
-    if any(ad.is_undefined_primal(c) for c in consts):
+def _linear_only(args: Any, n_consts: int) -> None:
+    if any(ad.is_undefined_primal(c) for c in args[:n_consts]):
         raise NotImplementedError("lsqdiff: a solve is not linear in its operator A; "
                                   "it can be transposed only in b")
+
+
+def _min_norm_transpose(ct: Any, *args: Any, spec: _MinNormSpec, adjoint: bool,
+                        hinted: int) -> list[Any]:
+    # JAX's transpose is unconjugated: (B^+)^T c = conj(B^+H conj(c)), B^+H = (B^H)^+.
+    consts, rhs, hint = _split(args, hinted)
+    _linear_only(args, len(consts))
+    if hint is not None:  # a hinted solve computes a primal value (y), never a tangent
+        raise NotImplementedError("lsqdiff: internal error: a hinted solve was transposed")
     if type(ct) is ad.Zero:
         return [None] * len(consts) + [ad.Zero(rhs.aval)]
     return [None] * len(consts) + [jnp.conj(_min_norm(spec, consts, jnp.conj(ct), not adjoint))]
 
 
-def _min_norm_batch(args: Any, dims: Any, *, spec: _MinNormSpec, adjoint: bool) -> Any:
+def _to_last(a: Any, d: int | None, size: int) -> Any:
+    """``a`` with its mapped axis ``d`` last (broadcast there when unmapped)."""
+    return jnp.moveaxis(a, d, -1) if d is not None else jnp.broadcast_to(a[..., None],
+                                                                         a.shape + (size,))
+
+
+def _batched_spec(spec: _MinNormSpec, consts: Any, dims: Any, size: int, dtype: Any,
+                  width: int) -> tuple[_MinNormSpec, Any]:
+    """The spec and operands for right-hand sides flattened into ``width`` columns
+    (``size`` mapped copies of each column, innermost): a mapped operator acts on
+    its own columns."""
+    if spec.block is None and all(d is None for d in dims):
+        return spec, consts
+
+    def mapped(name: str) -> MatVec:
+        def product(V: Any) -> Any:
+            V = V.reshape(V.shape[0], -1, size)
+            out = jax.vmap(lambda c, v: _product(spec, c, name, v),
+                           in_axes=(tuple(dims), 2), out_axes=2)(tuple(consts), V)
+            return out.reshape(out.shape[0], -1)
+
+        return product
+
+    return _min_norm_spec(mapped("matvec"), mapped("rmatvec"), spec.shape, dtype, width,
+                          spec.solve, spec.pair_adjoint)
+
+
+def _min_norm_batch(args: Any, dims: Any, *, spec: _MinNormSpec, adjoint: bool,
+                    hinted: int) -> Any:
     """The mapped right-hand sides become columns of one block solve (LSMR runs
     its columns independently); a mapped operator acts on its own columns."""
-    consts, rhs = args[:-1], args[-1]
+    n_consts = len(_split(args, hinted)[0])
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-    rhs = (jnp.moveaxis(rhs, dims[-1], -1) if dims[-1] is not None
-           else jnp.broadcast_to(rhs[..., None], rhs.shape + (size,)))
+    rhs = _to_last(args[n_consts], dims[n_consts], size)
     cols = rhs.shape[1:-1]
     flat = rhs.reshape(rhs.shape[0], -1)
-    if spec.block is None and all(d is None for d in dims[:-1]):
-        out = _min_norm(spec, consts, flat, adjoint)
-    else:
-        def mapped(name: str) -> MatVec:
-            def product(V: Any) -> Any:
-                V = V.reshape(V.shape[0], -1, size)
-                out = jax.vmap(lambda c, v: _product(spec, c, name, v),
-                               in_axes=(tuple(dims[:-1]), 2), out_axes=2)(tuple(consts), V)
-                return out.reshape(out.shape[0], -1)
-
-            return product
-
-        batched, bconsts = _min_norm_spec(mapped("matvec"), mapped("rmatvec"), spec.shape,
-                                          flat.dtype, flat.shape[1], spec.solve)
-        out = _min_norm(batched, bconsts, flat, adjoint)
+    hint = None
+    if hinted:  # the value has the output's leading axis, ok the columns' shape
+        value = _to_last(args[n_consts + 1], dims[n_consts + 1], size)
+        ok = (True if hinted == 1
+              else _to_last(args[n_consts + 2], dims[n_consts + 2], size).reshape(-1))
+        hint = (value.reshape(value.shape[0], -1), ok)
+    bspec, bconsts = _batched_spec(spec, args[:n_consts], dims[:n_consts], size, flat.dtype,
+                                   flat.shape[1])
+    out = _min_norm(bspec, bconsts, flat, adjoint, hint)
     out = out.reshape((out.shape[0],) + cols + (size,))
     return out, out.ndim - 1
 
@@ -437,3 +528,101 @@ ad.primitive_jvps[_min_norm_p] = _min_norm_jvp
 ad.primitive_transposes[_min_norm_p] = _min_norm_transpose
 batching.primitive_batchers[_min_norm_p] = _min_norm_batch
 mlir.register_lowering(_min_norm_p, mlir.lower_fun(_min_norm_impl, multiple_results=False))
+
+
+# --------------------------------------------------------------------------- #
+# The pair: x = A^+ q + A^+ A^+H s, and its transpose c -> (A^+H c, A^+ A^+H c)
+# --------------------------------------------------------------------------- #
+# The undamped tangent rule ends in A^+ (q + A^+H s). Transposed as two single
+# primitives it would take two solves (A^+H c, then A^+ of that); the transposed
+# pair takes them from one solve with A^H and its dual (``spec.pair_adjoint``,
+# `lsqdiff._gradient`). Both forms differentiate as the composition of the
+# single primitive, so second derivatives stay exact; each is the other's transpose.
+
+def _pair(spec: _MinNormSpec, consts: Any, rhs: Any, transposed: bool) -> list[Any]:
+    return _pair_p.bind(*consts, *rhs, spec=spec, transposed=transposed)
+
+
+def _pair_composed(spec: _MinNormSpec, consts: Any, rhs: Any, transposed: bool) -> list[Any]:
+    """The pair's value through the single primitive (two solves)."""
+    if transposed:
+        b = _min_norm(spec, consts, rhs[0], True)
+        return [b, _min_norm(spec, consts, b, False)]
+    q, s = rhs
+    return [_min_norm(spec, consts, q + _min_norm(spec, consts, s, True), False)]
+
+
+def _pair_impl(*args: Any, spec: _MinNormSpec, transposed: bool) -> list[Any]:
+    if not transposed:
+        consts, q, s = args[:-2], args[-2], args[-1]
+        settings = dict(spec=spec, hinted=0)
+        p = _min_norm_impl(*consts, s, adjoint=True, **settings)
+        return [_min_norm_impl(*consts, q + p, adjoint=False, **settings)]
+    consts, c = args[:-1], args[-1]
+    b, g = spec.pair_adjoint(_operator(spec, consts, False), c)
+    return [b.astype(c.dtype), g.astype(c.dtype)]
+
+
+def _pair_abstract(*args: Any, spec: _MinNormSpec, transposed: bool) -> list[Any]:
+    m, n = spec.shape
+    if transposed:
+        c = args[-1]
+        tail = tuple(c.shape[1:])
+        return [jax.core.ShapedArray((m,) + tail, c.dtype),
+                jax.core.ShapedArray((n,) + tail, c.dtype)]
+    q = args[-2]
+    return [jax.core.ShapedArray((n,) + tuple(q.shape[1:]), q.dtype)]
+
+
+def _pair_jvp(primals: Any, tangents: Any, *, spec: _MinNormSpec, transposed: bool) -> Any:
+    k = 1 if transposed else 2
+    tangents = tuple(ad.instantiate_zeros(t) for t in tangents)
+    f = lambda *a: tuple(_pair_composed(spec, a[:-k], a[-k:], transposed))  # noqa: E731
+    out, out_dot = jax.jvp(f, tuple(primals), tangents)
+    return list(out), list(out_dot)
+
+
+def _pair_transpose(cts: Any, *args: Any, spec: _MinNormSpec, transposed: bool) -> list[Any]:
+    # Unconjugated, as for the single primitive: conj(P^H conj(ct)).
+    k = 1 if transposed else 2
+    consts, rhs = args[:-k], args[-k:]
+    _linear_only(args, len(consts))
+    none = [None] * len(consts)
+    if all(type(ct) is ad.Zero for ct in cts):
+        return none + [ad.Zero(r.aval) if ad.is_undefined_primal(r) else None for r in rhs]
+    if not transposed:  # (q, s) -> x: its adjoint c -> (A^+H c, A^+ A^+H c)
+        c = jnp.conj(cts[0])
+        q, s = rhs
+        if not ad.is_undefined_primal(s):
+            return none + [jnp.conj(_min_norm(spec, consts, c, True)), None]
+        b, g = _pair(spec, consts, (c,), True)
+        return none + [jnp.conj(b) if ad.is_undefined_primal(q) else None, jnp.conj(g)]
+    cb, cg = (jnp.conj(ad.instantiate_zeros(ct)) for ct in cts)
+    if type(cts[1]) is ad.Zero:
+        return none + [jnp.conj(_min_norm(spec, consts, cb, False))]
+    return none + [jnp.conj(_pair(spec, consts, (cb, cg), False)[0])]
+
+
+def _pair_batch(args: Any, dims: Any, *, spec: _MinNormSpec, transposed: bool) -> Any:
+    """As `_min_norm_batch`: the mapped right-hand sides become columns."""
+    k = 1 if transposed else 2
+    n_consts = len(args) - k
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    rhs = [_to_last(a, d, size) for a, d in zip(args[n_consts:], dims[n_consts:])]
+    cols = rhs[0].shape[1:-1]
+    flat = [r.reshape(r.shape[0], -1) for r in rhs]
+    bspec, bconsts = _batched_spec(spec, args[:n_consts], dims[:n_consts], size, flat[0].dtype,
+                                   flat[0].shape[1])
+    outs = [o.reshape((o.shape[0],) + cols + (size,)) for o in _pair(bspec, bconsts, flat,
+                                                                    transposed)]
+    return outs, [o.ndim - 1 for o in outs]
+
+
+_pair_p = Primitive("lsqdiff_min_norm_pair")
+_pair_p.multiple_results = True
+_pair_p.def_impl(_pair_impl)
+_pair_p.def_abstract_eval(_pair_abstract)
+ad.primitive_jvps[_pair_p] = _pair_jvp
+ad.primitive_transposes[_pair_p] = _pair_transpose
+batching.primitive_batchers[_pair_p] = _pair_batch
+mlir.register_lowering(_pair_p, mlir.lower_fun(_pair_impl, multiple_results=True))
