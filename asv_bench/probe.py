@@ -109,9 +109,14 @@ def clear_error(exc: BaseException, *names: str) -> bool:
 
 
 def relerr(x, ref) -> float:
+    """``||x - ref|| / ||ref||``, both divided by ``max |ref|`` first (solutions
+    near 1e200 would overflow the sums of squares)."""
     x, ref = to_np(x), np.asarray(ref)
-    scale = np.linalg.norm(ref)
-    return float(np.linalg.norm(x - ref) / (scale if scale > 0 else 1.0))
+    s = float(np.max(np.abs(ref))) if ref.size else 0.0
+    if not (s > 0 and np.isfinite(s)):
+        s = 1.0
+    scale = np.linalg.norm(ref / s)
+    return float(np.linalg.norm((x - ref) / s) / (scale if scale > 0 else 1.0))
 
 
 @contextlib.contextmanager
