@@ -138,10 +138,17 @@ def test_unconverged_gradient_solve_warns_and_is_logged(xp, damp):
         with lsqdiff.backward_diagnostics() as log:
             info = _run_backward(xp, A, b, x_bar, damp=damp, grad_maxiter=1)
     assert log, "no diagnostics collected"
-    # (a block solve of several right-hand sides has one entry per column)
+    # (a block solve of several right-hand sides has one entry per column). A
+    # solve whose value a dual gave (JAX) got a zero right-hand side: istop 0
+    # before its first iteration; every solve that ran stopped at its limit.
+    ran = 0
     for i in log:
-        assert (np.asarray(i.istop) == 7).all() and (np.asarray(i.itn) == 1).all()
-        assert not np.asarray(i.converged).any()
+        istop, itn = np.asarray(i.istop), np.asarray(i.itn)
+        limit = (istop == 7) & (itn == 1)
+        assert (limit | ((istop == 0) & (itn == 0))).all(), i
+        assert not np.asarray(i.converged)[limit].any()
+        ran += int(limit.sum())
+    assert ran >= 1
     if info is not None:  # lsqdiff.vjp: the same records in Gradients.info
         assert list(info) == log
 
