@@ -2,8 +2,8 @@
 """An adversarial probe: does any solve or gradient come back wrong while it
 says nothing? (no asv needed)
 
-    python asv_bench/probe.py                 # every family, ~10 minutes on 2 cores
-    python asv_bench/probe.py --quick         # a smoke subset, ~1 minute
+    python asv_bench/probe.py                 # every family, ~2 minutes on 2 cores
+    python asv_bench/probe.py --quick         # a smoke subset (not the full counts)
     python asv_bench/probe.py --out DIR       # also writes DIR/probe.json (default: no file)
 
 Runs families of hard cases over every installed backend (NumPy,
