@@ -42,6 +42,7 @@ from typing import Any
 import array_api_compat as aac
 
 from ._driver import lsmr_on, real_dtype
+from ._terms import Terms, conj, real_inner
 from .operator import Operator
 
 Array = Any
@@ -51,31 +52,6 @@ Array = Any
 #: residual (test 2 held, or ``op^H rhs = 0``): see `dual_pinv`.
 CONSISTENT = (1, 4)
 LEAST_SQUARES = (0, 2, 5)
-
-
-@dataclass(frozen=True)
-class Terms:
-    """The gradient of ``A`` as ``sum_k s_k U_k V_k^H`` (``U_k``: (m,) or (m, j))."""
-
-    terms: tuple[tuple[float, Array, Array], ...]
-
-    def contract(self, matvec: Any, xp: Any) -> Any:
-        """``sum_k s_k Re<U_k, A V_k>``: its gradient in ``A`` (or in the parameters
-        ``matvec`` depends on) is the operator's gradient."""
-        total = 0.0
-        for s, U, V in self.terms:
-            total = total + s * real_inner(U, matvec(V), xp)
-        return total
-
-    def dense(self, xp: Any) -> Array:
-        """``sum_k s_k U_k V_k^H`` as a dense ``(m, n)`` array.
-
-        One product ``[s_1 U_1, s_2 U_2, ...] [V_1, V_2, ...]^H``: the only
-        ``(m, n)`` array allocated is the result (a sum of outer products would
-        allocate two or three more, and pass over them as often)."""
-        U = xp.concat([s * (U if U.ndim == 2 else U[:, None]) for s, U, _ in self.terms], axis=1)
-        V = xp.concat([V if V.ndim == 2 else V[:, None] for _, _, V in self.terms], axis=1)
-        return U @ _conj(V, xp).T
 
 
 @dataclass(frozen=True)
@@ -238,7 +214,7 @@ def _project_out(z: Array, res: Array, xp: Any) -> Array:
     no square of a tiny or huge residual is formed)."""
     norm = xp.linalg.vector_norm(res, axis=0)
     unit = res / xp.astype(xp.where(norm > 0, norm, xp.ones_like(norm)), res.dtype)
-    return z - unit * xp.sum(_conj(unit, xp) * z, axis=0)
+    return z - unit * xp.sum(conj(unit, xp) * z, axis=0)
 
 
 def _stopped_by(istop: Any, codes: tuple[int, ...], xp: Any) -> Any:
@@ -424,14 +400,3 @@ def _sum(terms: list[Array | None]) -> Array | None:
         if term is not None:
             total = term if total is None else total + term
     return total
-
-
-def real_inner(a: Array, b: Array, xp: Any) -> Any:
-    """``Re <a, b> = Re sum(conj(a) * b)`` over all entries."""
-    if xp.isdtype(a.dtype, "complex floating") or xp.isdtype(b.dtype, "complex floating"):
-        return xp.sum(xp.real(xp.conj(a) * b))
-    return xp.sum(a * b)
-
-
-def _conj(a: Array, xp: Any) -> Array:
-    return xp.conj(a) if xp.isdtype(a.dtype, "complex floating") else a

@@ -99,3 +99,20 @@ def _flat(value: Any) -> list[Any]:
     if not _is_batched(value):
         return [value]
     return [value[i] for i in range(value.shape[0])]
+
+
+def make_info(state: dict[str, Any], backend: Any) -> SolveInfo:
+    """Pack the final state's diagnostics, on the host for eager backends."""
+    istop = state["istop"]
+    if isinstance(istop, int):
+        converged: Any = istop in CONVERGED_CODES
+    else:
+        converged = istop == CONVERGED_CODES[0]
+        for code in CONVERGED_CODES[1:]:
+            converged = converged | (istop == code)
+    values = {k: state[k] for k in ("istop", "itn", "normr", "normar", "norma", "conda", "normx")}
+    values["converged"] = converged
+    if not backend.traced:
+        values = {k: v if isinstance(v, (int, float, bool)) else backend.to_host(v)
+                  for k, v in values.items()}
+    return SolveInfo(**values)

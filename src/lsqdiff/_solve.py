@@ -17,7 +17,6 @@ import array_api_compat as aac
 
 from . import _driver, _dual, _validate
 from ._gradient import Cotangents, forward_dual, pullback, pushforward
-from ._info import CONVERGED_CODES, SolveInfo
 from .backends import Backend, backend_for
 from .operator import Operator
 
@@ -160,23 +159,6 @@ def _is_positive(damp: Any) -> bool | None:
     rule is selected where the solve runs (`lsqdiff._gradient.pushforward`)."""
     value = _validate.concrete_float(damp)
     return None if value is None else value > 0
-
-
-def make_info(state: dict[str, Any], backend: Backend) -> SolveInfo:
-    """Pack the final state's diagnostics, on the host for eager backends."""
-    istop = state["istop"]
-    if isinstance(istop, int):
-        converged: Any = istop in CONVERGED_CODES
-    else:
-        converged = istop == CONVERGED_CODES[0]
-        for code in CONVERGED_CODES[1:]:
-            converged = converged | (istop == code)
-    values = {k: state[k] for k in ("istop", "itn", "normr", "normar", "norma", "conda", "normx")}
-    values["converged"] = converged
-    if not backend.traced:
-        values = {k: v if isinstance(v, (int, float, bool)) else backend.to_host(v)
-                  for k, v in values.items()}
-    return SolveInfo(**values)
 
 
 def _inspect_operator(A: Any, b: Any, xp: Any, backend: Backend) -> tuple[Any, tuple[int, ...]]:

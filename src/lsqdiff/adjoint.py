@@ -12,9 +12,9 @@ from typing import Any
 
 from . import _lsmr, _lsqr
 from ._diagnostics import backward_diagnostics
-from ._gradient import Terms
-from ._info import SolveInfo
-from ._solve import make_info, prepare
+from ._terms import Terms
+from ._info import SolveInfo, make_info
+from ._solve import prepare
 from .solvers import lsmr, lsqr
 
 

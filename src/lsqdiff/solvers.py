@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import _lsmr, _lsqr
-from ._info import SolveInfo
-from ._solve import make_info, solve
+from ._info import SolveInfo, make_info
+from ._solve import solve
 
 
 def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,

@@ -114,7 +114,7 @@ class Backend:
         (and warn when it did not converge). Traced frameworks override this to
         report when the computation runs, not when it is traced."""
         from .._diagnostics import record
-        from .._solve import make_info
+        from .._info import make_info
 
         record(make_info(state, self))
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.autograd import forward_ad
 
-from .._gradient import Terms
+from .._terms import Terms
 from .._vectors import NEW_ARRAYS, NewArrays
 from ..operator import LinearOperator, MatVec, Operator
 from ._base import Backend, State, plain_norm_ok, scaled_norm
