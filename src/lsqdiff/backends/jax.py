@@ -521,13 +521,23 @@ def _min_norm_batch(args: Any, dims: Any, *, spec: _MinNormSpec, adjoint: bool,
     return out, out.ndim - 1
 
 
-_min_norm_p = Primitive("lsqdiff_min_norm_solve")
-_min_norm_p.def_impl(_min_norm_impl)
-_min_norm_p.def_abstract_eval(_min_norm_abstract)
-ad.primitive_jvps[_min_norm_p] = _min_norm_jvp
-ad.primitive_transposes[_min_norm_p] = _min_norm_transpose
-batching.primitive_batchers[_min_norm_p] = _min_norm_batch
-mlir.register_lowering(_min_norm_p, mlir.lower_fun(_min_norm_impl, multiple_results=False))
+def _primitive(name: str, impl: Callable[..., Any], abstract: Callable[..., Any],
+               jvp: Callable[..., Any], transpose: Callable[..., Any],
+               batch: Callable[..., Any], multiple_results: bool = False) -> Primitive:
+    """A JAX primitive with its rules: evaluation (and lowering) by ``impl``."""
+    p = Primitive(name)
+    p.multiple_results = multiple_results
+    p.def_impl(impl)
+    p.def_abstract_eval(abstract)
+    ad.primitive_jvps[p] = jvp
+    ad.primitive_transposes[p] = transpose
+    batching.primitive_batchers[p] = batch
+    mlir.register_lowering(p, mlir.lower_fun(impl, multiple_results=multiple_results))
+    return p
+
+
+_min_norm_p = _primitive("lsqdiff_min_norm_solve", _min_norm_impl, _min_norm_abstract,
+                         _min_norm_jvp, _min_norm_transpose, _min_norm_batch)
 
 
 # --------------------------------------------------------------------------- #
@@ -618,11 +628,5 @@ def _pair_batch(args: Any, dims: Any, *, spec: _MinNormSpec, transposed: bool) -
     return outs, [o.ndim - 1 for o in outs]
 
 
-_pair_p = Primitive("lsqdiff_min_norm_pair")
-_pair_p.multiple_results = True
-_pair_p.def_impl(_pair_impl)
-_pair_p.def_abstract_eval(_pair_abstract)
-ad.primitive_jvps[_pair_p] = _pair_jvp
-ad.primitive_transposes[_pair_p] = _pair_transpose
-batching.primitive_batchers[_pair_p] = _pair_batch
-mlir.register_lowering(_pair_p, mlir.lower_fun(_pair_impl, multiple_results=True))
+_pair_p = _primitive("lsqdiff_min_norm_pair", _pair_impl, _pair_abstract, _pair_jvp,
+                     _pair_transpose, _pair_batch, multiple_results=True)
