@@ -77,8 +77,9 @@ def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, at
     replaces that rule with an exact iteration limit. With ``dual``, returns
     ``(x, z)`` with ``op^H z = x`` (`lsqdiff._dual`); with ``stop``, the pair
     ``(istop, norma)`` follows (``(x, stop)`` or ``(x, z, stop)``): the stop code
-    and the estimate of ``||op||``; ``(None, None)`` where ``backend.internal_solver``
-    runs the solves (its ``z`` is then the minimum-norm one, exact by itself). A column that meets a NaN or Inf comes back
+    and the estimate of ``||op||``; ``(None, None)`` where
+    ``backend.internal_solver`` runs the solves (its ``z`` is then the
+    minimum-norm one, exact by itself). A column that meets a NaN or Inf comes back
     NaN; each solve's diagnostics go to ``backend.report`` (a
     `lsqdiff.GradientSolveWarning` if it did not converge). Where the backend
     differentiates these solves themselves (PyTorch building a graph for second

@@ -42,6 +42,7 @@ from typing import Any
 import array_api_compat as aac
 
 from ._driver import lsmr_on, real_dtype
+from ._info import stopped_by
 from ._terms import Terms, conj, real_inner
 from .operator import Operator
 
@@ -114,7 +115,7 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
         w, g, g_ok, w_zero = None, z, True, True
     elif z is None:
         w, g, g_ok = x_bar - op.rmatvec(b_bar), None, True
-        w_zero = _stopped_by(stop[0], CONSISTENT, xp)
+        w_zero = stopped_by(stop[0], CONSISTENT)
     else:
         w = x_bar - op.rmatvec(b_bar)
         g, g_ok, w_zero = dual_pinv(z, w, stop, xp, target=b_bar, adjoint=op.matvec,
@@ -183,8 +184,8 @@ def dual_pinv(z: Array, res: Array, stop: Any, xp: Any, *, target: Array, adjoin
     istop, norma = stop
     if istop is None:  # z is a minimum-norm solve of its own (`lsqdiff._driver.lsmr_on`)
         return z, True, False
-    negligible = _stopped_by(istop, CONSISTENT, xp)
-    least_squares = _stopped_by(istop, LEAST_SQUARES, xp)
+    negligible = stopped_by(istop, CONSISTENT)
+    least_squares = stopped_by(istop, LEAST_SQUARES)
     if isinstance(negligible, bool):
         if negligible:
             return z, True, True
@@ -215,19 +216,6 @@ def _project_out(z: Array, res: Array, xp: Any) -> Array:
     norm = xp.linalg.vector_norm(res, axis=0)
     unit = res / xp.astype(xp.where(norm > 0, norm, xp.ones_like(norm)), res.dtype)
     return z - unit * xp.sum(conj(unit, xp) * z, axis=0)
-
-
-def _stopped_by(istop: Any, codes: tuple[int, ...], xp: Any) -> Any:
-    """Whether the stop code is one of ``codes``: a bool for a host code, else an
-    array; False for None (no stop code: see `lsqdiff._driver.lsmr_on`)."""
-    if istop is None:
-        return False
-    if isinstance(istop, int):
-        return istop in codes
-    hit = istop == codes[0]
-    for code in codes[1:]:
-        hit = xp.logical_or(hit, istop == code)
-    return hit
 
 
 def _all_true(flag: Any, xp: Any, backend: Any) -> bool:

@@ -103,16 +103,23 @@ def _flat(value: Any) -> list[Any]:
 
 def make_info(state: dict[str, Any], backend: Any) -> SolveInfo:
     """Pack the final state's diagnostics, on the host for eager backends."""
-    istop = state["istop"]
-    if isinstance(istop, int):
-        converged: Any = istop in CONVERGED_CODES
-    else:
-        converged = istop == CONVERGED_CODES[0]
-        for code in CONVERGED_CODES[1:]:
-            converged = converged | (istop == code)
+    converged = stopped_by(state["istop"], CONVERGED_CODES)
     values = {k: state[k] for k in ("istop", "itn", "normr", "normar", "norma", "conda", "normx")}
     values["converged"] = converged
     if not backend.traced:
         values = {k: v if isinstance(v, (int, float, bool)) else backend.to_host(v)
                   for k, v in values.items()}
     return SolveInfo(**values)
+
+
+def stopped_by(istop: Any, codes: tuple[int, ...]) -> Any:
+    """Whether the stop code is one of ``codes``: a bool for a host code, else a
+    boolean array; False for None (no stop code: see `lsqdiff._driver.lsmr_on`)."""
+    if istop is None:
+        return False
+    if isinstance(istop, int):
+        return istop in codes
+    hit = istop == codes[0]
+    for code in codes[1:]:
+        hit = hit | (istop == code)
+    return hit
