@@ -72,6 +72,7 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
 
     op_dtype, shape_A = _inspect_operator(A, b, xp, backend)
     _validate.check_shapes(shape_A, b, x0)
+    A, b, x0 = backend.prepare_inputs(A, b, x0)
     if maxiter is None:
         maxiter = default_maxiter(*shape_A)
     settings = dict(

@@ -21,6 +21,7 @@ _ADAPTERS = (
     (aac.is_jax_namespace, "jax", "JaxBackend"),
     (aac.is_cupy_namespace, "cupy", "CupyBackend"),
     (aac.is_array_api_strict_namespace, "strict", "StrictBackend"),
+    (aac.is_dask_namespace, "dask", "DaskBackend"),
 )
 
 _cache: dict[int, Backend] = {}

@@ -64,9 +64,18 @@ class Backend:
     #: True where the solve is traced (JAX): scalars stay arrays, the loop is a
     #: framework primitive and results are returned as framework arrays.
     traced = False
+    #: True where the scalar recurrences stay 0-d arrays of the namespace even for
+    #: one right-hand side, computed with the vectors where they live (Dask): only
+    #: the loop's condition comes back to the host.
+    array_scalars = False
 
     def __init__(self, xp: Any):
         self.xp = xp
+
+    def prepare_inputs(self, A: Any, b: Any, x0: Any) -> tuple[Any, Any, Any]:
+        """``A, b, x0`` made ready for a solve, after the entry point's checks; they
+        pass unchanged here (Dask persists ``A`` and lays out ``b`` and ``x0`` like it)."""
+        return A, b, x0
 
     # -- the loop --------------------------------------------------------------
     def while_loop(self, cond: Callable[[State], Any], body: Callable[[State], State],
