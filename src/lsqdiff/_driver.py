@@ -33,7 +33,7 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
     batch = tuple(b.shape[1:])
     scalar_dtype = real_dtype(xp, dtype)
     tiny = float(xp.finfo(dtype).smallest_normal)
-    if backend.traced or backend.array_scalars or batch:
+    if backend.traced or batch:
         S: Any = ArrayScalars(xp, scalar_dtype, device, batch, tiny)
         norm = backend.array_norm
     else:

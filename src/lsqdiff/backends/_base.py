@@ -64,10 +64,6 @@ class Backend:
     #: True where the solve is traced (JAX): scalars stay arrays, the loop is a
     #: framework primitive and results are returned as framework arrays.
     traced = False
-    #: True where the scalar recurrences stay 0-d arrays of the namespace even for
-    #: one right-hand side, computed with the vectors where they live (Dask): only
-    #: the loop's condition comes back to the host.
-    array_scalars = False
 
     def __init__(self, xp: Any):
         self.xp = xp

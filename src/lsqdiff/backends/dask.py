@@ -1,42 +1,86 @@
 """Dask adapter: solves on ``dask.array`` inputs whose vectors stay distributed.
 
 The solver's long vectors are Dask arrays chunked like ``A`` (``u`` by ``A``'s
-row chunks, ``v`` and ``x`` by its column chunks), and so are its scalars:
-0-d Dask arrays computed on the cluster next to the norms they come from
-(`DaskBackend.array_scalars`). Each iteration builds one graph (two products,
-two norms, the vector updates and the scalar recurrences), which is persisted
-before the next one is built, so the graph never grows with the iteration
-count; the only value brought to the client is the stop test, one round trip
-per iteration. The norms are one pass over each vector: every chunk gives its
+row chunks, ``v`` and ``x`` by its column chunks). Every product and every
+vector update is persisted as soon as it is made (`Persisted`): under a
+distributed client that submits its tasks and returns at once, and the next
+update builds on the result, so no graph ever reaches back past the previous
+update and none grows with the iteration count. The scalar recurrences run on
+the client (`lsqdiff._scalars.HostScalars`); what comes back to it are the
+norms the recurrence needs before it can go on: ``beta = ||A v - alpha u||``,
+then ``alpha = ||A^H u - beta v||``, then ``||x||`` for the stopping test,
+three round trips per iteration of LSMR or LSQR, each a tree reduction of one
+number per chunk. Each norm is one pass over its vector: every chunk gives its
 sum of squares and its scaled sum of squares, and a single task combines them
-(`lsqdiff.backends._base` explains the scaling).
+(`lsqdiff.backends._base` explains the scaling). Several right-hand sides (2-D
+``b``) keep their scalars as Dask arrays, persisted with the state once per
+iteration.
 
 ``A`` is persisted once per solve (if it is not already, its chunks are
 computed once, not once per product), and ``b`` and ``x0`` are rechunked to
-``A``'s row and column chunks where theirs differ, so that no product or
-vector update rechunks inside the loop.
+``A``'s row and column chunks where theirs differ (and to one chunk across
+the columns of a 2-D ``b``), so that no product or vector update rechunks
+inside the loop.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 
-from ..operator import LinearOperator
+from ..operator import LinearOperator, Operator
 from ._base import Backend, State, plain_norm_ok
+
+
+class Persisted:
+    """Vector updates (`lsqdiff._vectors.NewArrays`) for Dask arrays: a
+    normalisation (``scale``) is persisted at once, and a group of updates
+    (``sweep``) together with the norms it needs, in one submission, the norms
+    then fetched in one round trip; ``xpay`` and ``axpy`` outside a group stay
+    lazy until the normalisation that follows them."""
+
+    inplace = False
+
+    def __init__(self, backend: DaskBackend):
+        self.backend = backend
+
+    @staticmethod
+    def xpay(x: Any, a: Any, y: Any) -> Any:
+        return x + a * y
+
+    @staticmethod
+    def axpy(a: Any, x: Any, y: Any) -> Any:
+        return y + a * x
+
+    @staticmethod
+    def scale(a: Any, y: Any) -> Any:
+        return (y * a).persist()
+
+    @staticmethod
+    def own(y: Any) -> Any:
+        return y
+
+    def sweep(self, body: Callable[..., tuple[tuple[Any, ...], tuple[Any, ...]]],
+              vectors: Sequence[Any], norm: Callable[[Any], Any]
+              ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        if norm != self.backend.host_norm:  # a norm in another dtype (half precision)
+            new, norms = body(norm, *vectors)
+            return tuple(dask.persist(*new)), norms
+        new, norms = body(self.backend.array_norm, *vectors)
+        new, norms = dask.persist(new, norms)
+        return tuple(new), tuple(float(r) for r in dask.compute(*norms))
 
 
 class DaskBackend(Backend):
     name = "dask"
-    array_scalars = True
 
     def prepare_inputs(self, A: Any, b: Any, x0: Any) -> tuple[Any, Any, Any]:
-        if b.ndim == 2:  # the columns of a block: one chunk, so that its norms are per column
+        if b.ndim == 2:  # one chunk across the columns of a block: norms are per column
             b = b.rechunk({1: -1})
         if isinstance(A, LinearOperator):
             return A, b.persist(), None if x0 is None else x0.persist()
@@ -47,18 +91,35 @@ class DaskBackend(Backend):
             x0 = x0.rechunk({0: cols, **({1: -1} if x0.ndim == 2 else {})}).persist()
         return A, b, x0
 
+    def __init__(self, xp: Any):
+        super().__init__(xp)
+        self._vectors = Persisted(self)
+
+    def vector_ops(self, batched: bool) -> Any:
+        return self._vectors
+
     def while_loop(self, cond: Callable[[State], Any], body: Callable[[State], State],
                    state: State) -> State:
-        # Persisting cuts each iteration's graph from the previous ones; under a
-        # distributed client it returns at once, and bool() waits for the stop test.
-        (state,) = dask.persist(state)
+        # The scalars of several right-hand sides are Dask arrays: persisting them
+        # cuts each iteration's graph from the previous ones.
+        batched = isinstance(state["istop"], da.Array)
+        if batched:
+            (state,) = dask.persist(state)
         while bool(cond(state)):
-            (state,) = dask.persist(body(state))
+            state = body(state)
+            if batched:
+                (state,) = dask.persist(state)
         return state
 
     def solve_context(self) -> Any:
         # As for NumPy: stopped columns of a 2-D b divide by zero, results masked.
         return np.errstate(all="ignore")
+
+    def dense_operator(self, A: Any) -> Operator:
+        # Persisted products: a product read by several updates is computed once.
+        AH = A.conj().T if np.iscomplexobj(A._meta) else A.T
+        return Operator(tuple(A.shape), lambda v: (A @ v).persist(),
+                        lambda u: (AH @ u).persist())
 
     def host_norm(self, v: Any) -> float:
         return float(self.array_norm(v).compute())

@@ -1,0 +1,149 @@
+"""Solves on ``dask.array`` inputs: on a distributed cluster started here,
+iterates equal to SciPy's, a graph that does not grow with the iteration
+count and an ``A`` larger than one worker's memory; on Dask's synchronous
+scheduler (the same graphs, without a cluster's latency per round trip, which
+on two shared cores costs tens of milliseconds), blocks of right-hand sides, a
+LinearOperator, gradients by `lsqdiff.vjp` and the errors for operands of
+mixed frameworks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lsqdiff
+
+da = pytest.importorskip("dask.array", reason="dask is not installed (pip install 'dask[distributed]')")
+distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
+spla = pytest.importorskip("scipy.sparse.linalg", reason="the reference is SciPy's lsmr/lsqr")
+
+#: Each worker's memory limit; ``A`` in `test_larger_than_a_worker` exceeds it.
+WORKER_MEMORY = 8 * 2**20
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two in-process workers with a small memory limit. They spill stored
+    chunks to disk above 60% of it; the process-memory checks (pause,
+    terminate) are off, since in-process workers see the whole test process."""
+    import dask
+
+    with dask.config.set({"distributed.worker.memory.spill": False,
+                          "distributed.worker.memory.pause": False,
+                          "distributed.worker.memory.terminate": False}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                           memory_limit=WORKER_MEMORY, dashboard_address=None)
+        with cluster, distributed.Client(cluster) as c:
+            yield c
+
+
+def _problem(m=48, n=8, seed=0):
+    """A well-conditioned tall problem (LSMR converges in about ten iterations)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((m, n)), rng.standard_normal(m)
+
+
+@pytest.mark.parametrize("solver, reference, damp", [(lsqdiff.lsmr, spla.lsmr, 0.0),
+                                                     (lsqdiff.lsqr, spla.lsqr, 0.5)])
+def test_equals_scipy(client, solver, reference, damp):
+    """Row-chunked A on two workers: SciPy's iterate, stop code and iteration count."""
+    A, b = _problem()
+    x, info = solver(da.from_array(A, chunks=(16, 8)), da.from_array(b, chunks=16),
+                     damp=damp, atol=1e-10, btol=1e-10)
+    ref = reference(A, b, damp=damp, atol=1e-10, btol=1e-10)
+    assert isinstance(x, da.Array)
+    assert (info.istop, info.itn) == (ref[1], ref[2])
+    np.testing.assert_allclose(x.compute(), ref[0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture
+def sync():
+    import dask
+
+    with dask.config.set(scheduler="sync"):
+        yield
+
+
+def test_block_columns_and_operator(sync):
+    """A block of right-hand sides, A chunked by rows and columns, and a
+    LinearOperator over Dask arrays, all against NumPy's solve."""
+    A, b = _problem(seed=1)
+    B = np.stack([b, -2 * b + 1], axis=1)
+    Ad = da.from_array(A, chunks=(16, 4))
+    X, info = lsqdiff.lsmr(Ad, da.from_array(B, chunks=(16, 1)), atol=1e-12, btol=1e-12)
+    np.testing.assert_allclose(X.compute(), np.linalg.lstsq(A, B, rcond=None)[0], rtol=1e-9)
+    op = lsqdiff.LinearOperator(A.shape, lambda v: Ad @ v, lambda u: Ad.T @ u)
+    x, info = lsqdiff.lsmr(op, da.from_array(b, chunks=16), atol=1e-12, btol=1e-12)
+    assert info.converged
+    np.testing.assert_allclose(x.compute(), np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-9)
+
+
+def test_graph_does_not_grow(client, monkeypatch):
+    """Every iteration starts from persisted vectors: the graph behind each is
+    one task per chunk, whatever the iteration count."""
+    from lsqdiff import _lsmr
+
+    sizes = []
+    step = _lsmr.step
+
+    def recording(p, st):
+        sizes.append(max(len(st[k].__dask_graph__()) for k in ("x", "u", "v", "h", "hbar")))
+        return step(p, st)
+
+    monkeypatch.setattr(_lsmr, "step", recording)
+    A, b = _problem()
+    lsqdiff.lsmr(da.from_array(A, chunks=(16, 8)), da.from_array(b, chunks=16), atol=0, btol=0,
+                 conlim=0, maxiter=6)
+    assert len(sizes) == 6
+    # u: A's three row chunks (the first iteration also computes v = A^H u / alpha)
+    assert sizes[0] <= 6 and max(sizes[1:]) <= 3
+
+
+def test_larger_than_a_worker(client):
+    """A is 1.5 times one worker's memory limit: created on the workers, it is
+    spread over both (and spilled to disk past 60% of a limit); the solve
+    completes with SciPy's result."""
+    n = 64
+    m = int(1.5 * WORKER_MEMORY / (8 * n))
+    A = da.random.default_rng(3).standard_normal((m, n), chunks=(m // 8, n)).persist()
+    b = da.random.default_rng(4).standard_normal(m, chunks=m // 8)
+    assert A.nbytes > WORKER_MEMORY
+    x, info = lsqdiff.lsmr(A, b, atol=1e-8, btol=1e-8, maxiter=25)
+    ref = spla.lsmr(A.compute(), b.compute(), atol=1e-8, btol=1e-8, maxiter=25)
+    assert info.itn == ref[2]
+    np.testing.assert_allclose(x.compute(), ref[0], rtol=1e-9, atol=1e-12)
+    spilled = client.run(lambda dask_worker: len(dask_worker.data.slow))
+    assert sum(spilled.values()) > 0, "A fitted in the workers' memory: the test tests nothing"
+
+
+def test_vjp_gradient(sync):
+    """The manual pullback on Dask arrays: the gradient of b equals NumPy's."""
+    A, b = _problem(24, 4, seed=2)
+    w = np.linspace(-1, 1, 4)
+    kw = dict(atol=1e-12, btol=1e-12)
+    (x, _), pullback = lsqdiff.vjp(lsqdiff.lsmr, da.from_array(A, chunks=(8, 4)),
+                                   da.from_array(b, chunks=8), **kw)
+    g = pullback(da.from_array(w, chunks=4))
+    (_, _), pullback_np = lsqdiff.vjp(lsqdiff.lsmr, A, b, **kw)
+    g_np = pullback_np(w)
+    np.testing.assert_allclose(np.asarray(g.b), g_np.b, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(g.A.todense()), g_np.A.todense(), rtol=1e-8, atol=1e-12)
+
+
+def test_mixed_operands_and_chunks(sync):
+    """NumPy with Dask operands is an error naming the argument; b and x0 with
+    chunks unlike A's are rechunked to A's (documented), with the same result."""
+    A, b = _problem()
+    Ad, bd = da.from_array(A, chunks=(16, 8)), da.from_array(b, chunks=16)
+    with pytest.raises(TypeError, match="A and b come from different array frameworks"):
+        lsqdiff.lsmr(A, bd)
+    with pytest.raises(TypeError, match="A and b come from different array frameworks"):
+        lsqdiff.lsmr(Ad, b)
+    with pytest.raises(TypeError, match="x0 and b come from different array frameworks"):
+        lsqdiff.lsmr(Ad, bd, x0=np.zeros(8))
+    x0 = np.full(8, 0.1)
+    x, info = lsqdiff.lsmr(Ad, da.from_array(b, chunks=17), x0=da.from_array(x0, chunks=3),
+                           atol=1e-10, btol=1e-10)
+    ref = spla.lsmr(A, b, x0=x0, atol=1e-10, btol=1e-10)
+    assert info.itn == ref[2]
+    np.testing.assert_allclose(x.compute(), ref[0], rtol=1e-10, atol=1e-12)
