@@ -49,6 +49,6 @@ def test_forward_equals_unsharded(sharded, case):
 @pytest.mark.parametrize("layout", ["rows", "columns"])
 def test_gradient_equals_unsharded(sharded, layout):
     r = sharded[f"{layout}/grad"]
-    assert r["diff"] < 1e-9 * r["scale"]
+    assert r["diff"] < 1e-7 * r["scale"]  # the solves stop at atol = btol = 1e-10
     assert r["gA_spec"] == r["A_spec"]
     assert not r["full_A"], "the backward pass gathers A"
