@@ -68,9 +68,10 @@ def bench_jax(sizes, repeats):
         v = jnp.asarray(rng.standard_normal(n))
         solve = {k: jax.jit(lambda A, b, k=k: lsqdiff.lsmr(A, b, atol=0, btol=0, conlim=0,
                                                               maxiter=k)[0]) for k in (K, 2 * K)}
-        # K products in one compiled loop, as in the solve (no dispatch per product).
+        # K products in one compiled loop, as in the solve (no dispatch per product);
+        # A^T u as u @ A, as the solver forms it (XLA:CPU's A.T @ u is a slow transposed dot).
         ahav = jax.jit(lambda A, v: jax.lax.fori_loop(
-            0, K, lambda i, w: A.T @ (A @ w) * (1.0 / m), v))
+            0, K, lambda i, w: ((A @ w) @ A) * (1.0 / m), v))
         t = median_rounds({
             "short": lambda: solve[K](A, b).block_until_ready(),
             "long": lambda: solve[2 * K](A, b).block_until_ready(),

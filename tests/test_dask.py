@@ -99,6 +99,30 @@ def test_graph_does_not_grow(client, monkeypatch):
     assert sizes[0] <= 6 and max(sizes[1:]) <= 3
 
 
+def test_round_trips(sync, monkeypatch):
+    """Three values come back to the client per iteration: beta, alpha and ||x||."""
+    import dask
+    import dask.base
+
+    calls = []
+    compute = dask.base.compute
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(dask.base, "compute", counting)
+    monkeypatch.setattr(dask, "compute", counting)
+    A, b = _problem()
+    Ad, bd = da.from_array(A, chunks=(16, 8)), da.from_array(b, chunks=16)
+    counts = []
+    for maxiter in (2, 5):
+        calls.clear()
+        lsqdiff.lsmr(Ad, bd, atol=0, btol=0, conlim=0, maxiter=maxiter)
+        counts.append(len(calls))
+    assert (counts[1] - counts[0]) == 3 * 3
+
+
 def test_larger_than_a_worker(client):
     """A is 1.5 times one worker's memory limit: created on the workers, it is
     spread over both (and spilled to disk past 60% of a limit); the solve
