@@ -1,16 +1,17 @@
 """Dask adapter: solves on ``dask.array`` inputs whose vectors stay distributed.
 
 The solver's long vectors are Dask arrays chunked like ``A`` (``u`` by ``A``'s
-row chunks, ``v`` and ``x`` by its column chunks). Every product and every
-vector update is persisted as soon as it is made (`Persisted`): under a
-distributed client that submits its tasks and returns at once, and the next
-update builds on the result, so no graph ever reaches back past the previous
-update and none grows with the iteration count. The scalar recurrences run on
+row chunks, ``v`` and ``x`` by its column chunks). Every vector update (with
+the product it reads) is persisted as soon as it is made, a group of updates
+together (`Persisted`): under a distributed client that submits its tasks and
+returns at once, and the next update builds on the result, so no graph ever
+reaches back past the previous update, none grows with the iteration count,
+and no product is computed twice. The scalar recurrences run on
 the client (`lsqdiff._scalars.HostScalars`); what comes back to it are the
 norms the recurrence needs before it can go on: ``beta = ||A v - alpha u||``,
 then ``alpha = ||A^H u - beta v||``, then ``||x||`` for the stopping test,
-three round trips per iteration of LSMR or LSQR, each a tree reduction of one
-number per chunk. Each norm is one pass over its vector: every chunk gives its
+three round trips per iteration of LSMR or LSQR, each a reduction of three
+numbers per chunk. Each norm is one pass over its vector: every chunk gives its
 sum of squares and its scaled sum of squares, and a single task combines them
 (`lsqdiff.backends._base` explains the scaling). Several right-hand sides (2-D
 ``b``) keep their scalars as Dask arrays, persisted with the state once per
@@ -33,33 +34,33 @@ import dask
 import dask.array as da
 import numpy as np
 
-from ..operator import LinearOperator, Operator
+from ..operator import LinearOperator
 from ._base import Backend, State, plain_norm_ok
 
 
 class Persisted:
-    """Vector updates (`lsqdiff._vectors.NewArrays`) for Dask arrays: a
-    normalisation (``scale``) is persisted at once, and a group of updates
-    (``sweep``) together with the norms it needs, in one submission, the norms
-    then fetched in one round trip; ``xpay`` and ``axpy`` outside a group stay
-    lazy until the normalisation that follows them."""
+    """Vector updates (`lsqdiff._vectors.NewArrays`) for Dask arrays, each
+    persisted as it is made, except within a group of updates (``sweep``): that
+    is persisted as a whole, together with the norms it needs, in one
+    submission, and the norms are then fetched in one round trip."""
 
     inplace = False
 
     def __init__(self, backend: DaskBackend):
         self.backend = backend
+        self._grouped = False
 
-    @staticmethod
-    def xpay(x: Any, a: Any, y: Any) -> Any:
-        return x + a * y
+    def _made(self, v: Any) -> Any:
+        return v if self._grouped else v.persist()
 
-    @staticmethod
-    def axpy(a: Any, x: Any, y: Any) -> Any:
-        return y + a * x
+    def xpay(self, x: Any, a: Any, y: Any) -> Any:
+        return self._made(x + a * y)
 
-    @staticmethod
-    def scale(a: Any, y: Any) -> Any:
-        return (y * a).persist()
+    def axpy(self, a: Any, x: Any, y: Any) -> Any:
+        return self._made(y + a * x)
+
+    def scale(self, a: Any, y: Any) -> Any:
+        return self._made(y * a)
 
     @staticmethod
     def own(y: Any) -> Any:
@@ -68,16 +69,26 @@ class Persisted:
     def sweep(self, body: Callable[..., tuple[tuple[Any, ...], tuple[Any, ...]]],
               vectors: Sequence[Any], norm: Callable[[Any], Any]
               ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        if norm != self.backend.host_norm:  # a norm in another dtype (half precision)
-            new, norms = body(norm, *vectors)
+        host = norm == self.backend.host_norm
+        self._grouped = True
+        try:
+            # Lazy norms, for the host ones to be computed with the group; several
+            # right-hand sides (and half precision) bring norms of their own.
+            new, norms = body(self.backend.array_norm if host else norm, *vectors)
+        finally:
+            self._grouped = False
+        if not host:
             return tuple(dask.persist(*new)), norms
-        new, norms = body(self.backend.array_norm, *vectors)
         new, norms = dask.persist(new, norms)
         return tuple(new), tuple(float(r) for r in dask.compute(*norms))
 
 
 class DaskBackend(Backend):
     name = "dask"
+
+    def __init__(self, xp: Any):
+        super().__init__(xp)
+        self._vectors = Persisted(self)
 
     def prepare_inputs(self, A: Any, b: Any, x0: Any) -> tuple[Any, Any, Any]:
         if b.ndim == 2:  # one chunk across the columns of a block: norms are per column
@@ -91,20 +102,17 @@ class DaskBackend(Backend):
             x0 = x0.rechunk({0: cols, **({1: -1} if x0.ndim == 2 else {})}).persist()
         return A, b, x0
 
-    def __init__(self, xp: Any):
-        super().__init__(xp)
-        self._vectors = Persisted(self)
-
     def vector_ops(self, batched: bool) -> Any:
         return self._vectors
 
     def while_loop(self, cond: Callable[[State], Any], body: Callable[[State], State],
                    state: State) -> State:
-        # The scalars of several right-hand sides are Dask arrays: persisting them
-        # cuts each iteration's graph from the previous ones.
+        # The first u and v are lazy (A^H u computed for alpha's sake): computed
+        # once more here, not once per update that reads them. The scalars of
+        # several right-hand sides are Dask arrays: persisting them every
+        # iteration cuts each iteration's graph from the previous ones.
         batched = isinstance(state["istop"], da.Array)
-        if batched:
-            (state,) = dask.persist(state)
+        (state,) = dask.persist(state)
         while bool(cond(state)):
             state = body(state)
             if batched:
@@ -114,12 +122,6 @@ class DaskBackend(Backend):
     def solve_context(self) -> Any:
         # As for NumPy: stopped columns of a 2-D b divide by zero, results masked.
         return np.errstate(all="ignore")
-
-    def dense_operator(self, A: Any) -> Operator:
-        # Persisted products: a product read by several updates is computed once.
-        AH = A.conj().T if np.iscomplexobj(A._meta) else A.T
-        return Operator(tuple(A.shape), lambda v: (A @ v).persist(),
-                        lambda u: (AH @ u).persist())
 
     def host_norm(self, v: Any) -> float:
         return float(self.array_norm(v).compute())
