@@ -90,7 +90,7 @@ def bench_dask(sizes, repeats):
     import lsqdiff
 
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+                                       dashboard_address=":0", silence_logs=logging.ERROR)
     rows = []
     with cluster, distributed.Client(cluster):
         for m, n in sizes:

@@ -32,7 +32,7 @@ def client():
                           "distributed.worker.memory.pause": False,
                           "distributed.worker.memory.terminate": False}):
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                           memory_limit=WORKER_MEMORY, dashboard_address=None)
+                                           memory_limit=WORKER_MEMORY, dashboard_address=":0")
         with cluster, distributed.Client(cluster) as c:
             yield c
 
