@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="smoke run (not results)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=None, help="folder for dist_<engine>.json")
+    parser.add_argument("--size", action="append", default=None, metavar="MxN",
+                        help="a size to run instead of the default ones (repeatable)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -131,6 +133,8 @@ def main() -> None:
                                    + " --xla_force_host_platform_device_count=4"
                                    + " --xla_cpu_multi_thread_eigen=false")
     sizes = SMALL_SIZES if args.small else SIZES
+    if args.size:
+        sizes = [tuple(int(d) for d in s.lower().split("x")) for s in args.size]
     rows = (bench_jax if args.engine == "jax" else bench_dask)(sizes, args.repeats)
     if args.small:
         print("--small: a smoke test of the script, not results")
