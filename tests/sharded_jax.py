@@ -2,7 +2,8 @@
 subprocess of its own, since the device count is fixed when JAX starts.
 
 Prints one JSON object: for each case, the largest difference from the
-float64 reference (NumPy's, which the unsharded solve matches: `test_values.py`), whether the compiled (SPMD-partitioned, so per-device)
+float64 reference (NumPy's, which the unsharded solve matches:
+`test_values.py`), whether the compiled (SPMD-partitioned, so per-device)
 program holds an array of A's full shape anywhere, the shardings of the
 results and the bytes of arguments per device.
 """

@@ -13,7 +13,8 @@ import pytest
 
 import lsqdiff
 
-da = pytest.importorskip("dask.array", reason="dask is not installed (pip install 'dask[distributed]')")
+da = pytest.importorskip("dask.array",
+                         reason="dask is not installed (pip install 'dask[distributed]')")
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
 spla = pytest.importorskip("scipy.sparse.linalg", reason="the reference is SciPy's lsmr/lsqr")
 
