@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per-iteration cost of distributed solves (no asv needed).
 
-    python asv_bench/dist_quick.py --engine jax   # 4 forced host devices, A sharded by rows
+    python asv_bench/dist_quick.py --engine jax   # 4 forced host devices, A by rows, by columns
     python asv_bench/dist_quick.py --engine dask  # LocalCluster, 2 workers, A chunked by rows
     python asv_bench/dist_quick.py --engine dask --small   # smoke run: not results
 
@@ -61,23 +61,26 @@ def bench_jax(sizes, repeats):
     jax.config.update("jax_enable_x64", True)
     mesh = Mesh(np.array(jax.devices()), ("d",))
     rows = []
+    layouts = {"rows": (P("d", None), P("d")), "columns": (P(None, "d"), P())}
     for m, n in sizes:
-        rng = np.random.default_rng(0)
-        A = jax.device_put(rng.standard_normal((m, n)), NamedSharding(mesh, P("d", None)))
-        b = jax.device_put(rng.standard_normal(m), NamedSharding(mesh, P("d")))
-        v = jnp.asarray(rng.standard_normal(n))
-        solve = {k: jax.jit(lambda A, b, k=k: lsqdiff.lsmr(A, b, atol=0, btol=0, conlim=0,
-                                                              maxiter=k)[0]) for k in (K, 2 * K)}
-        # K products in one compiled loop, as in the solve (no dispatch per product);
-        # A^T u as u @ A, as the solver forms it (XLA:CPU's A.T @ u is a slow transposed dot).
-        ahav = jax.jit(lambda A, v: jax.lax.fori_loop(
-            0, K, lambda i, w: ((A @ w) @ A) * (1.0 / m), v))
-        t = median_rounds({
-            "short": lambda: solve[K](A, b).block_until_ready(),
-            "long": lambda: solve[2 * K](A, b).block_until_ready(),
-            "AhAv": lambda: ahav(A, v).block_until_ready()}, repeats)
-        t["AhAv"] /= K
-        rows.append(row(m, n, t, f"{len(jax.devices())} devices"))
+        for layout, (a_spec, b_spec) in layouts.items():
+            rng = np.random.default_rng(0)
+            A = jax.device_put(rng.standard_normal((m, n)), NamedSharding(mesh, a_spec))
+            b = jax.device_put(rng.standard_normal(m), NamedSharding(mesh, b_spec))
+            v = jnp.asarray(rng.standard_normal(n))
+            solve = {k: jax.jit(lambda A, b, k=k: lsqdiff.lsmr(
+                A, b, atol=0, btol=0, conlim=0, maxiter=k)[0]) for k in (K, 2 * K)}
+            # K products in one compiled loop, as in the solve (no dispatch per product);
+            # A^T u as u @ A, as the solver forms it (XLA:CPU's A.T @ u is a slow
+            # transposed dot).
+            ahav = jax.jit(lambda A, v: jax.lax.fori_loop(
+                0, K, lambda i, w: ((A @ w) @ A) * (1.0 / m), v))
+            t = median_rounds({
+                "short": lambda: solve[K](A, b).block_until_ready(),
+                "long": lambda: solve[2 * K](A, b).block_until_ready(),
+                "AhAv": lambda: ahav(A, v).block_until_ready()}, repeats)
+            t["AhAv"] /= K
+            rows.append(row(m, n, t, f"{len(jax.devices())} devices, {layout}"))
     return rows
 
 
@@ -138,10 +141,10 @@ def main() -> None:
     rows = (bench_jax if args.engine == "jax" else bench_dask)(sizes, args.repeats)
     if args.small:
         print("--small: a smoke test of the script, not results")
-    print(f"{'m x n':>12} {'setup':>24} {'iteration ms':>13} {'AhAv ms':>9} {'ratio':>6} "
+    print(f"{'m x n':>12} {'setup':>26} {'iteration ms':>13} {'AhAv ms':>9} {'ratio':>6} "
           f"{'overhead ms':>12}")
     for r in rows:
-        print(f"{r['m']:>6}x{r['n']:<5} {r['setup']:>24} {r['iteration_ms']:13.2f} "
+        print(f"{r['m']:>6}x{r['n']:<5} {r['setup']:>26} {r['iteration_ms']:13.2f} "
               f"{r['AhAv_ms']:9.2f} {r['ratio']:6.2f} {r['overhead_ms']:12.2f}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
