@@ -155,6 +155,15 @@ class Backend:
         """``fn`` compiled once per ``key`` (its static settings); eager backends run it as is."""
         return fn
 
+    def constant(self, a: Any) -> Any:
+        """``a`` with no derivative flowing through it (a preconditioner's arrays)."""
+        return a
+
+    def parameters(self, A: Any) -> list[Any]:
+        """The arrays whose gradients describe ``A``'s, for an operator built on it
+        (`lsqdiff._precond`): a `LinearOperator`'s ``params`` as PyTorch sees them."""
+        return []
+
     def carries_derivative(self, value: Any) -> bool:
         """Whether a concrete 0-d array of this framework carries derivatives, so
         that a solve must keep it an array (`lsqdiff._validate.check_damp`)."""

@@ -169,6 +169,9 @@ class JaxBackend(Backend):
                                       pair_adjoint)
         return _pair(spec, consts, (q, s), False)[0]
 
+    def constant(self, a: Any) -> Any:
+        return jax.lax.stop_gradient(a)
+
     def select(self, pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
         return jax.lax.cond(pred, if_true, if_false)
 

@@ -54,6 +54,12 @@ class TorchBackend(Backend):
     def vector_ops(self, batched: bool) -> Any:
         return NEW_ARRAYS if batched else _IN_PLACE
 
+    def constant(self, a: Any) -> Any:
+        return a.detach()
+
+    def parameters(self, A: Any) -> list[Any]:
+        return _parameters(A)
+
     def internal_solver(self) -> Callable[..., tuple[Any, State]] | None:
         params = _ROUTE.get()
         return None if params is None else functools.partial(_internal_solve, params)

@@ -1,0 +1,271 @@
+"""Right preconditioning: the solve runs on ``A N`` and returns ``x = x0 + N y``.
+
+With ``N`` nonsingular (``n x n``) and ``x = x0 + N y`` (DESIGN.md section 8),
+
+    ||A x - b||^2 + damp^2 ||x - x0||^2 = ||A N y - r0||^2 + damp^2 ||N y||^2,
+
+``r0 = b - A x0``. Undamped, the solve is the plain one on ``A N`` with
+right-hand side ``r0``; damped, it is the undamped one on the tall operator
+``K = [A N; damp N]`` with right-hand side ``[r0; 0]``: the same problem exactly,
+never a change of it. ``K`` has full column rank, so its gradient is the
+one-solve rule (`lsqdiff._gradient`, ``assume_full_rank``).
+
+Everything else is the unpreconditioned machinery run on ``A N`` (or ``K``): the
+loop, the stopping tests, the gradient's solves (on ``(A N)^H``, ``A N``, ``K^H``:
+preconditioned as well, so their iteration counts fall like the forward's).
+The change of variables around it (``r0``, ``x0 + N y``, the products with ``A``
+inside ``A N``) is plain array arithmetic, which JAX and PyTorch differentiate
+by themselves; `pullback` is its adjoint for `lsqdiff.vjp` (NumPy, CuPy).
+``N`` is a constant: no gradient reaches it (where the solution does not depend
+on it, its gradient is zero).
+
+The solution map is unchanged for a damped problem or an injective ``A``. For an
+undamped ``A`` with a null space (wide, or rank-deficient) the minimum-norm ``y``
+gives the least-squares ``x`` of minimum ``||N^-1 (x - x0)||``, not of minimum
+``||x - x0||``; ``min_norm=True`` projects it onto the row space of ``A`` with
+one more solve (`solve`), unpreconditioned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import array_api_compat as aac
+
+from . import _lsmr, _validate
+from ._driver import as_operator
+from ._gradient import Cotangents
+from ._info import CONVERGED_CODES, stopped_by
+from ._solve import _inspect_operator, _solve_dtype, prepare, solve as plain_solve
+from ._terms import Terms, conj, real_inner
+from .backends import Backend, backend_for
+from .operator import LinearOperator, Operator, function_operator
+
+Array = Any
+
+
+def check_precond(precond: Any, n: int, b: Any, xp: Any, backend: Backend, dtype: Any) -> Operator:
+    """``N`` as an `Operator` (``N v`` and ``N^H u`` on vectors and blocks),
+    after checking ``precond``: a 1-D array ``d`` of ``b``'s framework of length
+    ``n`` with finite nonzero entries (``N = diag(d)``), or a `LinearOperator` of
+    shape ``(n, n)``. Its arrays are taken as constants (`Backend.constant`)."""
+    if isinstance(precond, LinearOperator):
+        if tuple(precond.shape) != (n, n):
+            raise ValueError(f"precond: a LinearOperator preconditioner must have shape "
+                             f"(n, n) = ({n}, {n}) for A with n = {n} columns, got "
+                             f"{tuple(precond.shape)}")
+        try:
+            return function_operator(
+                precond, xp, dtype,
+                lambda mv: backend.derive_rmatvec(mv, (n, n), dtype, aac.device(b)),
+                backend.lift)
+        except TypeError as err:  # no rmatvec on a framework that cannot derive one
+            raise TypeError(f"precond: {str(err).removeprefix('A: ')}") from None
+    if backend.is_sparse(precond) or not aac.is_array_api_obj(precond) or isinstance(
+            precond, (list, tuple)):
+        raise TypeError(f"precond must be a 1-D array of b's framework (a column scaling "
+                        f"d, N = diag(d)) or a lsqdiff.LinearOperator of shape (n, n), got "
+                        f"{type(precond).__module__}.{type(precond).__name__}")
+    if aac.array_namespace(precond) is not xp:
+        raise TypeError(f"precond and b come from different array frameworks "
+                        f"({type(precond).__module__}.{type(precond).__name__} vs "
+                        f"{type(b).__module__}.{type(b).__name__}); convert one of them")
+    _validate.check_same_device("precond", precond, b)
+    if tuple(precond.shape) != (n,):
+        hint = "; for a matrix N pass a lsqdiff.LinearOperator" if precond.ndim == 2 else ""
+        raise ValueError(f"precond must be a 1-D array of length n = {n} (A's columns), got "
+                         f"shape {tuple(precond.shape)}{hint}")
+    if xp.isdtype(precond.dtype, "complex floating") and not xp.isdtype(dtype, "complex floating"):
+        raise TypeError(f"precond is complex ({precond.dtype}) in a real solve of dtype {dtype}")
+    if not xp.isdtype(precond.dtype, ("real floating", "complex floating", "integral")):
+        raise TypeError(f"precond must have a numeric dtype, got {precond.dtype}")
+    d = backend.constant(xp.astype(precond, dtype))
+    bad = _concrete(xp.logical_not(xp.all(xp.isfinite(d))))
+    if bad:
+        raise ValueError("precond has NaN or Inf entries; N = diag(precond) must be finite")
+    if _concrete(xp.any(d == 0)):
+        raise ValueError("precond has zero entries; N = diag(precond) must be nonsingular")
+    dh = conj(d, xp)
+
+    def scale(s: Array) -> Callable[[Array], Array]:
+        return lambda v: (s if v.ndim == 1 else s[:, None]) * v
+
+    return Operator((n, n), scale(d), scale(dh))
+
+
+def _concrete(flag: Any) -> bool:
+    """A 0-d boolean's value; False where it is traced (no check under ``jax.jit``)."""
+    try:
+        return bool(flag)
+    except Exception:
+        return False
+
+
+@dataclass(frozen=True)
+class Transformed:
+    """A preconditioned problem as a plain one: solve ``L y = rhs`` (minimum norm,
+    no damping, no warm start) with `solve`'s keywords ``kwargs``, then
+    `finish` maps ``y`` back to ``x`` and the diagnostics to the original problem."""
+
+    xp: Any
+    backend: Backend
+    A: Operator
+    N: Operator
+    L: LinearOperator
+    rhs: Array
+    b: Array
+    x0: Array | None
+    damp: Any
+    damped: bool
+    kwargs: dict[str, Any]
+
+    def finish(self, y: Array, state: dict[str, Any], lsqr: bool) -> tuple[Array, dict[str, Any]]:
+        """``x = x0 + N y`` and the state with the original problem's diagnostics."""
+        d = self.N.matvec(y)
+        x = d if self.x0 is None else self.x0 + d
+        return x, self.diagnostics(x, state, lsqr)
+
+    def diagnostics(self, x: Array, state: dict[str, Any], lsqr: bool) -> dict[str, Any]:
+        """``state`` with ``x`` and the original problem's ``normr``, ``normar`` and
+        ``normx`` (LSQR: ``||x - x0||``), and ``r1norm = ||b - A x||``, computed from
+        ``x``; ``norma`` and ``conda`` stay those of the operator solved with."""
+        xp, backend = self.xp, self.backend
+        with backend.solve_context():
+            d = x if self.x0 is None else x - self.x0
+            r = self.b - self.A.matvec(x)
+            ar = self.A.rmatvec(r)
+            if self.damped:
+                ar = ar - (self.damp * self.damp) * d
+            norm = backend.array_norm if backend.traced or x.ndim > 1 else backend.host_norm
+            r1 = norm(r)
+            values = dict(r1norm=r1, normar=norm(ar), normx=norm(d if lsqr else x),
+                          normr=(norm(xp.concat([r, self.damp * d], axis=0)) if self.damped
+                                 else r1))
+        return {**state, **values, "x": x}
+
+
+def transform(method: ModuleType, A: Any, b: Any, precond: Any, *, damp: Any, x0: Any,
+              maxiter: int | None, default_maxiter: Callable[[int, int], int],
+              assume_full_rank: bool = False, **kwargs: Any) -> Transformed:
+    """Check the inputs of a preconditioned solve and build its plain problem."""
+    xp = _validate.namespace_of_b(b)
+    backend = backend_for(xp)
+    damp = _validate.check_damp(damp, b, xp)
+    if x0 is not None:
+        _validate.check_same_framework("x0", x0, b, xp)
+    op_dtype, shape = _inspect_operator(A, b, xp, backend)
+    _validate.check_shapes(shape, b, x0)
+    _validate.check_iteration_limit("maxiter", maxiter)
+    m, n = shape
+    dtype = _solve_dtype(xp, op_dtype, b, x0)
+    A_op = as_operator(A, xp, backend, dtype, aac.device(b))
+    N = check_precond(precond, n, b, xp, backend, dtype)
+    b_ = xp.astype(b, dtype)
+    x0_ = None if x0 is None else xp.astype(x0, dtype)
+    r0 = b_ if x0_ is None else b_ - A_op.matvec(x0_)
+    value = _validate.concrete_float(damp)
+    # An array damp (traced, or requiring grad) takes K at any value: at 0, K's
+    # general rule still holds and gives damp its (zero) gradient.
+    damped = not isinstance(damp, float) or damp > 0
+
+    if damped:
+        # K = [A N; damp N], rhs [r0; 0]: the damped problem exactly (see the module doc).
+        def matvec(v: Array) -> Array:
+            w = N.matvec(v)
+            return xp.concat([A_op.matvec(w), damp * w], axis=0)
+
+        def rmatvec(u: Array) -> Array:
+            return N.rmatvec(A_op.rmatvec(u[:m, ...]) + damp * u[m:, ...])
+
+        zeros = xp.zeros((n,) + tuple(b.shape[1:]), dtype=dtype, device=aac.device(b))
+        L_shape, rhs = (m + n, n), xp.concat([r0, zeros], axis=0)
+        # K has full column rank where damp > 0; a traced damp may be 0.
+        full_rank = value is not None and value > 0
+    else:
+        def matvec(v: Array) -> Array:
+            return A_op.matvec(N.matvec(v))
+
+        def rmatvec(u: Array) -> Array:
+            return N.rmatvec(A_op.rmatvec(u))
+
+        L_shape, rhs, full_rank = (m, n), r0, bool(assume_full_rank)
+    # PyTorch differentiates the solve in the tensors its products close over.
+    params = backend.parameters(A) + ([] if isinstance(damp, float) else [damp])
+    L = LinearOperator(L_shape, matvec, rmatvec, dtype=dtype, matmat=matvec, rmatmat=rmatvec,
+                       params=params)
+    settings = dict(damp=0.0, x0=None, maxiter=default_maxiter(m, n) if maxiter is None
+                    else maxiter, default_maxiter=default_maxiter,
+                    assume_full_rank=full_rank, **kwargs)
+    return Transformed(xp, backend, A_op, N, L, rhs, b_, x0_, damp, damped, settings)
+
+
+def solve(method: ModuleType, A: Any, b: Any, *, precond: Any, min_norm: bool = False,
+          **kwargs: Any) -> tuple[Any, dict[str, Any], Backend]:
+    """A preconditioned solve (the entry point's ``precond``); as `lsqdiff._solve.solve`.
+
+    ``min_norm`` (undamped only): the minimum-norm ``x`` at any rank, by one more
+    solve, unpreconditioned: ``x = x0 + A^+ (A (x_N - x0))`` for the
+    preconditioned solution ``x_N`` (``A (x_N - x0)`` is the projection of
+    ``b - A x0`` onto A's range, so this is ``x0 + A^+ (b - A x0)``). Its
+    iterations add to ``itn``; ``istop``, ``norma`` and ``conda`` are the first
+    solve's where it did not converge, else the second's.
+    """
+    t = transform(method, A, b, precond, **kwargs)
+    lsqr = method is not _lsmr
+    y, state, backend = plain_solve(method, t.L, t.rhs, **t.kwargs)
+    x, state = t.finish(y, state, lsqr)
+    if not (min_norm and not t.damped):
+        return x, state, backend
+    settings = {k: v for k, v in t.kwargs.items() if k not in ("damp", "x0")}
+    e, second, _ = plain_solve(method, A, t.A.matvec(x if t.x0 is None else x - t.x0),
+                               damp=0.0, x0=None, **settings)
+    x = e if t.x0 is None else t.x0 + e
+    first_ok = stopped_by(state["istop"], CONVERGED_CODES)
+    later = {k: _pick(first_ok, second[k], state[k], t.xp) for k in ("istop", "norma", "conda")}
+    state = {**state, **later, "itn": state["itn"] + second["itn"]}
+    return x, t.diagnostics(x, state, lsqr), backend
+
+
+def _pick(flag: Any, a: Any, b: Any, xp: Any) -> Any:
+    """``a`` where ``flag`` holds, else ``b`` (host values or arrays)."""
+    if isinstance(flag, bool):
+        return a if flag else b
+    return xp.where(flag, a, b)
+
+
+def vjp(method: ModuleType, A: Any, b: Any, *, precond: Any, **kwargs: Any
+        ) -> tuple[Any, dict[str, Any], Backend, Callable[[Array], Cotangents]]:
+    """`lsqdiff.vjp` of a preconditioned solve: ``x``, the state, the backend and
+    ``pullback(x_bar) -> Cotangents`` of the original inputs (the plain problem's
+    gradient, `lsqdiff._gradient.pullback` on ``A N`` or ``K``, through the
+    adjoint of the change of variables)."""
+    t = transform(method, A, b, precond, **kwargs)
+    p = prepare(method, t.L, t.rhs, **t.kwargs)
+    with p.backend.solve_context():
+        state, dual = p.run_differentiated(*p.args)
+    y = state["x"]
+    x, state = t.finish(y, state, method is not _lsmr)
+    xp, m = t.xp, t.A.shape[0]
+
+    def pullback(x_bar: Array) -> Cotangents:
+        # x = x0 + N y, and the plain problem is L y = r0 (damped: [r0; 0]), r0 = b - A x0.
+        x_bar = xp.astype(x_bar, t.b.dtype)
+        with p.backend.solve_context():
+            cot = p.backward(t.L, t.rhs, None, 0.0, y, t.N.rmatvec(x_bar), dual)
+            b_bar = cot.b[:m, ...]
+            terms, damp_bar = [], 0.0
+            for s, U, V in cot.A.terms:  # <U, L V> = <U[:m], A N V> (+ damp <U[m:], N V>)
+                NV = t.N.matvec(V)
+                terms.append((s, U[:m, ...], NV))
+                if t.damped:
+                    damp_bar = damp_bar + s * real_inner(U[m:, ...], NV, xp)
+            x0_bar = None
+            if t.x0 is not None:
+                terms.append((-1.0, b_bar, t.x0))
+                x0_bar = x_bar - t.A.rmatvec(b_bar)
+        return Cotangents(b_bar, x0_bar, damp_bar, Terms(tuple(terms)))
+
+    return x, state, p.backend, pullback
