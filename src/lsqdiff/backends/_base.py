@@ -203,6 +203,11 @@ class Backend:
     def sparse_operator(self, A: Any) -> Operator:
         raise NotImplementedError
 
+    def sparse_column_norms2(self, A: Any) -> Any:
+        """``||A e_j||^2`` for each column of a sparse matrix, exactly (`lsqdiff.jacobi`);
+        None for an operator known only by its products."""
+        return None
+
     def derive_rmatvec(self, matvec: MatVec, shape: tuple[int, int], dtype: Any,
                        device: Any) -> MatVec:
         """``u -> A^H u`` for a LinearOperator given only ``matvec``."""

@@ -214,6 +214,11 @@ class JaxBackend(Backend):
         # A^H u = conj(A^T conj(u)); conj is free for real dtypes.
         return Operator(tuple(A.shape), lambda v: A @ v, lambda u: jnp.conj(AT @ jnp.conj(u)))
 
+    def sparse_column_norms2(self, A: Any) -> Any:
+        A = A.to_bcoo() if isinstance(A, jsparse.BCSR) else A
+        values = jnp.abs(A.data)
+        return jnp.zeros(A.shape[1], values.dtype).at[A.indices[:, 1]].add(values * values)
+
     def derive_rmatvec(self, matvec: MatVec, shape: tuple[int, int], dtype: Any,
                        device: Any) -> MatVec:
         transpose = _nonlinear_as_error(

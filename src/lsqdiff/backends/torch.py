@@ -85,6 +85,12 @@ class TorchBackend(Backend):
             AH = AH.conj_physical()
         return Operator(tuple(A.shape), lambda v: A @ v, lambda u: AH @ u)
 
+    def sparse_column_norms2(self, A: Any) -> Any:
+        coo = A.detach().to_sparse_coo().coalesce()
+        values = coo.values().abs()
+        out = torch.zeros(A.shape[1], dtype=values.dtype, device=values.device)
+        return out.index_add_(0, coo.indices()[1], values * values)
+
     def derive_rmatvec(self, matvec: MatVec, shape: tuple[int, int], dtype: Any,
                        device: Any) -> MatVec:
         # The VJP of a linear map at any point is its adjoint; PyTorch's convention
