@@ -40,18 +40,19 @@ from ._driver import as_operator
 from ._gradient import Cotangents
 from ._info import CONVERGED_CODES, stopped_by
 from ._solve import _inspect_operator, _solve_dtype, prepare, solve as plain_solve
-from ._terms import Terms, conj, real_inner
+from ._terms import Terms, real_inner
 from .backends import Backend, backend_for
-from .operator import LinearOperator, Operator, function_operator
+from .operator import (LinearOperator, Operator, Scaled, diagonal, function_operator,
+                       preconditioned)
 
 Array = Any
 
 
-def check_precond(precond: Any, n: int, b: Any, xp: Any, backend: Backend, dtype: Any) -> Operator:
-    """``N`` as an `Operator` (``N v`` and ``N^H u`` on vectors and blocks),
-    after checking ``precond``: a 1-D array ``d`` of ``b``'s framework of length
-    ``n`` with finite nonzero entries (``N = diag(d)``), or a `LinearOperator` of
-    shape ``(n, n)``. Its arrays are taken as constants (`Backend.constant`)."""
+def check_precond(precond: Any, n: int, b: Any, xp: Any, backend: Backend, dtype: Any) -> Any:
+    """``precond`` checked: a 1-D array ``d`` of ``b``'s framework of length ``n``
+    with finite nonzero entries (``N = diag(d)``; returned in ``dtype``, a constant
+    for autodiff: `Backend.constant`), or a `LinearOperator` of shape ``(n, n)``
+    (returned as an `Operator`)."""
     if isinstance(precond, LinearOperator):
         if tuple(precond.shape) != (n, n):
             raise ValueError(f"precond: a LinearOperator preconditioner must have shape "
@@ -83,17 +84,11 @@ def check_precond(precond: Any, n: int, b: Any, xp: Any, backend: Backend, dtype
     if not xp.isdtype(precond.dtype, ("real floating", "complex floating", "integral")):
         raise TypeError(f"precond must have a numeric dtype, got {precond.dtype}")
     d = backend.constant(xp.astype(precond, dtype))
-    bad = _concrete(xp.logical_not(xp.all(xp.isfinite(d))))
-    if bad:
+    if _concrete(xp.logical_not(xp.all(xp.isfinite(d)))):
         raise ValueError("precond has NaN or Inf entries; N = diag(precond) must be finite")
     if _concrete(xp.any(d == 0)):
         raise ValueError("precond has zero entries; N = diag(precond) must be nonsingular")
-    dh = conj(d, xp)
-
-    def scale(s: Array) -> Callable[[Array], Array]:
-        return lambda v: (s if v.ndim == 1 else s[:, None]) * v
-
-    return Operator((n, n), scale(d), scale(dh))
+    return d
 
 
 def _concrete(flag: Any) -> bool:
@@ -114,7 +109,7 @@ class Transformed:
     backend: Backend
     A: Operator
     N: Operator
-    L: LinearOperator
+    L: Any
     rhs: Array
     b: Array
     x0: Array | None
@@ -137,14 +132,22 @@ class Transformed:
             d = x if self.x0 is None else x - self.x0
             r = self.b - self.A.matvec(x)
             ar = self.A.rmatvec(r)
+            vectors = [r, ar, d if lsqr else x]
             if self.damped:
-                ar = ar - (self.damp * self.damp) * d
-            norm = backend.array_norm if backend.traced or x.ndim > 1 else backend.host_norm
-            r1 = norm(r)
-            values = dict(r1norm=r1, normar=norm(ar), normx=norm(d if lsqr else x),
-                          normr=(norm(xp.concat([r, self.damp * d], axis=0)) if self.damped
-                                 else r1))
+                vectors[1] = ar - (self.damp * self.damp) * d
+                vectors.append(xp.concat([r, self.damp * d], axis=0))
+            if backend.traced or x.ndim > 1:
+                # Compiled once per shape: JAX's safe norm would compile on every call.
+                norms = backend.compiled(("precond-norms",), _array_norms(backend))(*vectors)
+            else:
+                norms = [backend.host_norm(v) for v in vectors]
+        values = dict(r1norm=norms[0], normar=norms[1], normx=norms[2], normr=norms[-1]
+                      if self.damped else norms[0])
         return {**state, **values, "x": x}
+
+
+def _array_norms(backend: Backend) -> Callable[..., list[Array]]:
+    return lambda *vectors: [backend.array_norm(v) for v in vectors]
 
 
 def transform(method: ModuleType, A: Any, b: Any, precond: Any, *, damp: Any, x0: Any,
@@ -170,36 +173,26 @@ def transform(method: ModuleType, A: Any, b: Any, precond: Any, *, damp: Any, x0
     # An array damp (traced, or requiring grad) takes K at any value: at 0, K's
     # general rule still holds and gives damp its (zero) gradient.
     damped = not isinstance(damp, float) or damp > 0
-
-    if damped:
-        # K = [A N; damp N], rhs [r0; 0]: the damped problem exactly (see the module doc).
-        def matvec(v: Array) -> Array:
-            w = N.matvec(v)
-            return xp.concat([A_op.matvec(w), damp * w], axis=0)
-
-        def rmatvec(u: Array) -> Array:
-            return N.rmatvec(A_op.rmatvec(u[:m, ...]) + damp * u[m:, ...])
-
+    if damped:  # K = [A N; damp N], rhs [r0; 0]: the damped problem exactly
         zeros = xp.zeros((n,) + tuple(b.shape[1:]), dtype=dtype, device=aac.device(b))
         L_shape, rhs = (m + n, n), xp.concat([r0, zeros], axis=0)
-        # K has full column rank where damp > 0; a traced damp may be 0.
-        full_rank = value is not None and value > 0
+        full_rank = value is not None and value > 0  # a traced damp may be 0
     else:
-        def matvec(v: Array) -> Array:
-            return A_op.matvec(N.matvec(v))
-
-        def rmatvec(u: Array) -> Array:
-            return N.rmatvec(A_op.rmatvec(u))
-
         L_shape, rhs, full_rank = (m, n), r0, bool(assume_full_rank)
-    # PyTorch differentiates the solve in the tensors its products close over.
-    params = backend.parameters(A) + ([] if isinstance(damp, float) else [damp])
-    L = LinearOperator(L_shape, matvec, rmatvec, dtype=dtype, matmat=matvec, rmatmat=rmatvec,
-                       params=params)
+    # PyTorch differentiates the solve in these tensors.
+    params = tuple(backend.parameters(A, damp))
+    N_op = N if isinstance(N, Operator) else diagonal(N, xp)
+    if isinstance(N, Operator) or _validate.is_operator(A):
+        # Closures: a LinearOperator, which a traced backend closure-converts.
+        op = preconditioned(A_op, N_op, damp if damped else None, xp)
+        L: Any = LinearOperator(L_shape, op.matvec, op.rmatvec, dtype=dtype, matmat=op.matvec,
+                                rmatmat=op.rmatvec, params=list(params))
+    else:
+        L = Scaled(A, N, damp if damped else None, dtype, L_shape, params)
     settings = dict(damp=0.0, x0=None, maxiter=default_maxiter(m, n) if maxiter is None
                     else maxiter, default_maxiter=default_maxiter,
                     assume_full_rank=full_rank, **kwargs)
-    return Transformed(xp, backend, A_op, N, L, rhs, b_, x0_, damp, damped, settings)
+    return Transformed(xp, backend, A_op, N_op, L, rhs, b_, x0_, damp, damped, settings)
 
 
 def solve(method: ModuleType, A: Any, b: Any, *, precond: Any, min_norm: bool = False,

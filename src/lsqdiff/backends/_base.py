@@ -159,9 +159,9 @@ class Backend:
         """``a`` with no derivative flowing through it (a preconditioner's arrays)."""
         return a
 
-    def parameters(self, A: Any) -> list[Any]:
-        """The arrays whose gradients describe ``A``'s, for an operator built on it
-        (`lsqdiff._precond`): a `LinearOperator`'s ``params`` as PyTorch sees them."""
+    def parameters(self, A: Any, damp: Any) -> list[Any]:
+        """The arrays an operator built on ``A`` and ``damp`` (`lsqdiff._precond`)
+        is differentiated in, as a `LinearOperator`'s ``params`` (PyTorch's need)."""
         return []
 
     def carries_derivative(self, value: Any) -> bool:

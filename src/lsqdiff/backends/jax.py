@@ -24,13 +24,16 @@ from jax.interpreters import ad, batching, mlir
 from jax.interpreters import partial_eval as pe
 
 from .._info import SolveInfo
-from ..operator import LinearOperator, MatVec, Operator
+from ..operator import LinearOperator, MatVec, Operator, Scaled
 from ._base import Backend, State, plain_norm_ok, scaled_norm
 
 if TYPE_CHECKING:
     from .._solve import Prepared
 
 # Diagnostics are JAX arrays here, so SolveInfo must pass through jit and vmap.
+# A preconditioned solve's operator: its arrays are the solve's arguments.
+jax.tree_util.register_dataclass(Scaled, data_fields=["A", "d", "damp"],
+                                 meta_fields=["dtype", "shape", "params"])
 jax.tree_util.register_dataclass(
     SolveInfo,
     data_fields=["istop", "itn", "normr", "normar", "norma", "conda", "normx", "converged"],

@@ -57,8 +57,8 @@ class TorchBackend(Backend):
     def constant(self, a: Any) -> Any:
         return a.detach()
 
-    def parameters(self, A: Any) -> list[Any]:
-        return _parameters(A)
+    def parameters(self, A: Any, damp: Any) -> list[Any]:
+        return _parameters(A) + ([damp] if isinstance(damp, torch.Tensor) else [])
 
     def internal_solver(self) -> Callable[..., tuple[Any, State]] | None:
         params = _ROUTE.get()
