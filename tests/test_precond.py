@@ -240,6 +240,29 @@ def test_min_norm_gradient_torch():
     assert_close(b_.grad.numpy(), ref["b"], 1e-7, what="b")
 
 
+def test_torch_forward_mode():
+    """torch.func.jvp in A and damp through a damped preconditioned solve."""
+    torch = pytest.importorskip("torch", reason="PyTorch's forward mode")
+
+    A, b = laplacian_problem(p=5)
+    rng = np.random.default_rng(9)
+    dA = torch.tensor(rng.standard_normal(A.shape))
+    A_, b_, d = torch.tensor(A), torch.tensor(b), torch.tensor(lsqdiff.jacobi(A, damp=0.3))
+
+    def f(A_, damp):
+        return lsqdiff.lsmr(A_, b_, damp=damp, precond=d, **TIGHT)[0]
+
+    def g(A_, damp):
+        K = torch.cat([A_, damp * torch.eye(A.shape[1], dtype=torch.float64)])
+        return torch.linalg.lstsq(K, torch.cat([b_, torch.zeros(A.shape[1],
+                                                                dtype=torch.float64)])).solution
+
+    damp, one = torch.tensor(0.3, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    got = torch.func.jvp(f, (A_, damp), (dA, one))[1]
+    want = torch.func.jvp(g, (A_, damp), (dA, one))[1]
+    assert_close(got.numpy(), want.numpy(), 1e-7, what="jvp")
+
+
 # --------------------------------------------------------------------------- #
 # JAX transformations
 # --------------------------------------------------------------------------- #
