@@ -39,7 +39,8 @@ def main() -> None:
     if args.small:
         print("--small: a smoke test of the script; its figures are not results.")
         pc.PRECOND_PROBLEMS.clear()
-        pc.PRECOND_PROBLEMS.update({"scales_200x50": ("scales", 200, 50), "laplacian_8": ("laplacian", 8)})
+        pc.PRECOND_PROBLEMS.update({"scales_200x50": ("scales", 200, 50),
+                                    "laplacian_8": ("laplacian", 8)})
         args.seeds = 1
     backends = args.backends.split(",")
     rows = []

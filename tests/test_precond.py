@@ -168,7 +168,8 @@ def test_tight_gradients_and_finite_differences():
     for grad, direction in ((g.A.todense(), "A"), (g.b, "b"), (g.x0, "x0"), (g.damp, "damp")):
         shape = np.shape(grad)
         v = rng.standard_normal(shape) if shape else 1.0
-        fd = (value(**{"d" + direction: eps * v}) - value(**{"d" + direction: -eps * v})) / (2 * eps)
+        key = "d" + direction
+        fd = (value(**{key: eps * v}) - value(**{key: -eps * v})) / (2 * eps)
         assert np.sum(grad * v) == pytest.approx(fd, rel=1e-5, abs=1e-8), direction
 
 
