@@ -31,14 +31,15 @@ if TYPE_CHECKING:
     from .._solve import Prepared
 
 # Diagnostics are JAX arrays here, so SolveInfo must pass through jit and vmap.
-# A preconditioned solve's operator: its arrays are the solve's arguments.
-jax.tree_util.register_dataclass(Scaled, data_fields=["A", "d", "damp"],
-                                 meta_fields=["dtype", "shape", "params"])
 jax.tree_util.register_dataclass(
     SolveInfo,
     data_fields=["istop", "itn", "normr", "normar", "norma", "conda", "normx", "converged"],
     meta_fields=[],
 )
+# A preconditioned solve's operator: its arrays are arguments of the solve (and
+# of its compiled loop), like a dense A's.
+jax.tree_util.register_dataclass(Scaled, data_fields=["A", "d", "damp"],
+                                 meta_fields=["dtype", "shape", "params"])
 
 
 class JaxBackend(Backend):
