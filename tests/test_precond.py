@@ -221,6 +221,15 @@ def test_min_norm_caveat_and_exact_option():
     x, info = lsqdiff.lsmr(A, b, precond=d, precond_min_norm=True, **TIGHT)
     assert_close(x, ref, 1e-8, what="exact")
     assert info.converged
+    # lsqdiff.vjp through both solves, with a warm start: the minimum-norm map's gradients.
+    x0, x_bar = rng.standard_normal(25), rng.standard_normal(25)
+    (x, _), pullback = lsqdiff.vjp(lsqdiff.lsmr, A, b, x0=x0, precond=d, precond_min_norm=True,
+                                   **TIGHT)
+    g = pullback(x_bar)
+    want = closed_form(A, b, x0, 0.0, x_bar)
+    assert_close(x, want["x"], 1e-8, what="x")
+    for key, value in (("A", g.A.todense()), ("b", g.b), ("x0", g.x0)):
+        assert_close(value, want[key], 1e-7, what=key)
 
 
 def test_min_norm_gradient_torch():

@@ -117,6 +117,18 @@ class Transformed:
     damped: bool
     kwargs: dict[str, Any]
 
+    def correction(self) -> dict[str, Any]:
+        """Keywords of the minimum-norm correction's solve: ``A e = c``, no damping,
+        no warm start, the settings of the preconditioned solve."""
+        return {**self.kwargs, "damp": 0.0, "x0": None}
+
+    def merge(self, first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+        """The state of the two solves of ``min_norm``: iterations added; ``istop``,
+        ``norma``, ``conda`` the first's where it did not converge, else the second's."""
+        ok = stopped_by(first["istop"], CONVERGED_CODES)
+        later = {k: _pick(ok, second[k], first[k], self.xp) for k in ("istop", "norma", "conda")}
+        return {**first, **later, "itn": first["itn"] + second["itn"]}
+
     def finish(self, y: Array, state: dict[str, Any], lsqr: bool) -> tuple[Array, dict[str, Any]]:
         """``x = x0 + N y`` and the state with the original problem's diagnostics."""
         d = self.N.matvec(y)
@@ -212,14 +224,9 @@ def solve(method: ModuleType, A: Any, b: Any, *, precond: Any, min_norm: bool = 
     x, state = t.finish(y, state, lsqr)
     if not (min_norm and not t.damped):
         return x, state, backend
-    settings = {k: v for k, v in t.kwargs.items() if k not in ("damp", "x0")}
-    e, second, _ = plain_solve(method, A, t.A.matvec(x if t.x0 is None else x - t.x0),
-                               damp=0.0, x0=None, **settings)
+    e, second, _ = plain_solve(method, A, t.A.matvec(t.N.matvec(y)), **t.correction())
     x = e if t.x0 is None else t.x0 + e
-    first_ok = stopped_by(state["istop"], CONVERGED_CODES)
-    later = {k: _pick(first_ok, second[k], state[k], t.xp) for k in ("istop", "norma", "conda")}
-    state = {**state, **later, "itn": state["itn"] + second["itn"]}
-    return x, t.diagnostics(x, state, lsqr), backend
+    return x, t.diagnostics(x, t.merge(state, second), lsqr), backend
 
 
 def _pick(flag: Any, a: Any, b: Any, xp: Any) -> Any:
@@ -229,36 +236,54 @@ def _pick(flag: Any, a: Any, b: Any, xp: Any) -> Any:
     return xp.where(flag, a, b)
 
 
-def vjp(method: ModuleType, A: Any, b: Any, *, precond: Any, **kwargs: Any
-        ) -> tuple[Any, dict[str, Any], Backend, Callable[[Array], Cotangents]]:
-    """`lsqdiff.vjp` of a preconditioned solve: ``x``, the state, the backend and
-    ``pullback(x_bar) -> Cotangents`` of the original inputs (the plain problem's
-    gradient, `lsqdiff._gradient.pullback` on ``A N`` or ``K``, through the
-    adjoint of the change of variables)."""
+def vjp(method: ModuleType, A: Any, b: Any, *, precond: Any, min_norm: bool = False,
+        **kwargs: Any) -> tuple[Any, dict[str, Any], Backend, Callable[[Array], Cotangents]]:
+    """`lsqdiff.vjp` of a preconditioned solve (``min_norm`` as for `solve`): ``x``,
+    the state, the backend and ``pullback(x_bar) -> Cotangents`` of the original
+    inputs (the plain problems' gradients, `lsqdiff._gradient.pullback` on ``A N``
+    or ``K`` (and on ``A`` for the correction), through the adjoint of the change
+    of variables)."""
     t = transform(method, A, b, precond, **kwargs)
+    lsqr = method is not _lsmr
     p = prepare(method, t.L, t.rhs, **t.kwargs)
     with p.backend.solve_context():
         state, dual = p.run_differentiated(*p.args)
     y = state["x"]
-    x, state = t.finish(y, state, method is not _lsmr)
+    x, state = t.finish(y, state, lsqr)
     xp, m = t.xp, t.A.shape[0]
+    exact = min_norm and not t.damped
+    if exact:  # x = x0 + A^+ c, c = A N y
+        q = prepare(method, A, t.A.matvec(t.N.matvec(y)), **t.correction())
+        with q.backend.solve_context():
+            second, dual2 = q.run_differentiated(*q.args)
+        x = second["x"] if t.x0 is None else t.x0 + second["x"]
+        state = t.diagnostics(x, t.merge(state, second), lsqr)
+
+    def pull_y(y_bar: Array) -> tuple[Array, list[Any], Any, Array | None]:
+        # The plain problem L y = r0 (damped: [r0; 0]), r0 = b - A x0: b_bar, A's
+        # terms, damp_bar, and x0_bar through r0.
+        cot = p.backward(t.L, t.rhs, None, 0.0, y, y_bar, dual)
+        b_bar = cot.b[:m, ...]
+        terms, damp_bar = [], 0.0
+        for s, U, V in cot.A.terms:  # <U, L V> = <U[:m], A N V> (+ damp <U[m:], N V>)
+            NV = t.N.matvec(V)
+            terms.append((s, U[:m, ...], NV))
+            if t.damped:
+                damp_bar = damp_bar + s * real_inner(U[m:, ...], NV, xp)
+        if t.x0 is None:
+            return b_bar, terms, damp_bar, None
+        return b_bar, terms + [(-1.0, b_bar, t.x0)], damp_bar, -t.A.rmatvec(b_bar)
 
     def pullback(x_bar: Array) -> Cotangents:
-        # x = x0 + N y, and the plain problem is L y = r0 (damped: [r0; 0]), r0 = b - A x0.
         x_bar = xp.astype(x_bar, t.b.dtype)
         with p.backend.solve_context():
-            cot = p.backward(t.L, t.rhs, None, 0.0, y, t.N.rmatvec(x_bar), dual)
-            b_bar = cot.b[:m, ...]
-            terms, damp_bar = [], 0.0
-            for s, U, V in cot.A.terms:  # <U, L V> = <U[:m], A N V> (+ damp <U[m:], N V>)
-                NV = t.N.matvec(V)
-                terms.append((s, U[:m, ...], NV))
-                if t.damped:
-                    damp_bar = damp_bar + s * real_inner(U[m:, ...], NV, xp)
-            x0_bar = None
-            if t.x0 is not None:
-                terms.append((-1.0, b_bar, t.x0))
-                x0_bar = x_bar - t.A.rmatvec(b_bar)
+            if exact:  # x = x0 + A^+ c with c = A (N y)
+                cot = q.backward(*q.args, second["x"], x_bar, dual2)
+                b_bar, terms, damp_bar, x0_bar = pull_y(t.N.rmatvec(t.A.rmatvec(cot.b)))
+                terms += list(cot.A.terms) + [(1.0, cot.b, t.N.matvec(y))]
+            else:  # x = x0 + N y
+                b_bar, terms, damp_bar, x0_bar = pull_y(t.N.rmatvec(x_bar))
+        x0_bar = None if x0_bar is None else x_bar + x0_bar
         return Cotangents(b_bar, x0_bar, damp_bar, Terms(tuple(terms)))
 
     return x, state, p.backend, pullback

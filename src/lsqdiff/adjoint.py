@@ -91,9 +91,8 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
         The solver to run (the backward pass always uses LSMR).
     A, b, **kwargs
         As for the solver, including ``damp``, ``x0``, ``assume_full_rank``,
-        ``grad_atol``, ``grad_btol``, ``grad_maxiter`` and ``precond`` (the
-        pullback's solves are then preconditioned too; ``precond_min_norm`` is
-        not supported here).
+        ``grad_atol``, ``grad_btol``, ``grad_maxiter``, ``precond`` (the
+        pullback's solves are then preconditioned too) and ``precond_min_norm``.
 
     Returns
     -------
@@ -125,9 +124,7 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
     kwargs = {"damp": 0.0, "x0": None, "atol": 1e-6, "btol": 1e-6, "conlim": 1e8,
               "maxiter": None, **kwargs}
     precond = kwargs.pop("precond", None)
-    if kwargs.pop("precond_min_norm", False) and precond is not None:
-        raise NotImplementedError("precond_min_norm: lsqdiff.vjp does not run the minimum-norm "
-                                  "correction; use JAX or PyTorch, or leave it out")
+    min_norm = kwargs.pop("precond_min_norm", False)
     if precond is None:
         p = prepare(method, A, b, default_maxiter=default_maxiter, **kwargs)
         with p.backend.solve_context():
@@ -139,7 +136,8 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
             return p.backward(A_, b_, x0_, damp_, x, x_bar, y)
     else:
         x, state, backend, backward = _precond.vjp(
-            method, A, b, precond=precond, default_maxiter=default_maxiter, **kwargs)
+            method, A, b, precond=precond, min_norm=min_norm, default_maxiter=default_maxiter,
+            **kwargs)
         xp = backend.xp
     shape = (b.shape[0], x.shape[0])
 
