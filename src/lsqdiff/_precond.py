@@ -15,7 +15,7 @@ loop, the stopping tests, the gradient's solves (on ``(A N)^H``, ``A N``, ``K^H`
 preconditioned as well, so their iteration counts fall like the forward's).
 The change of variables around it (``r0``, ``x0 + N y``, the products with ``A``
 inside ``A N``) is plain array arithmetic, which JAX and PyTorch differentiate
-by themselves; `pullback` is its adjoint for `lsqdiff.vjp` (NumPy, CuPy).
+by themselves; `vjp` applies its adjoint by hand for `lsqdiff.vjp` (NumPy, CuPy).
 ``N`` is a constant: no gradient reaches it (where the solution does not depend
 on it, its gradient is zero).
 
