@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["lsqdiff.solvers", "lsqdiff.operator", "lsqdiff._info", "lsqdiff.adjoint",
+MODULES = ["lsqdiff.solvers", "lsqdiff.operator", "lsqdiff._info", "lsqdiff.adjoint", "lsqdiff._jacobi",
            "lsqdiff._diagnostics",
            "lsqdiff.compat.scipy", "lsqdiff.nullspace", "lsqdiff.nullspace._core",
            "lsqdiff.nullspace.torch", "lsqdiff.nullspace.optax"]

@@ -14,7 +14,7 @@ from ._info import ISTOP_NONFINITE
 from ._scalars import ArrayScalars, HostScalars
 from ._stopping import Problem
 from .backends import Backend
-from .operator import Operator, function_operator
+from .operator import Operator, Scaled, diagonal, function_operator, preconditioned
 
 
 def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method: ModuleType,
@@ -113,6 +113,9 @@ def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, at
 def as_operator(A: Any, xp: Any, backend: Backend, dtype: Any, device: Any) -> Operator:
     if isinstance(A, Operator):
         return A
+    if isinstance(A, Scaled):
+        return preconditioned(as_operator(A.A, xp, backend, dtype, device), diagonal(A.d, xp),
+                              A.damp, xp)
     if _validate.is_operator(A):
         return function_operator(
             A, xp, dtype, lambda matvec: backend.derive_rmatvec(matvec, A.shape, dtype, device),

@@ -18,7 +18,7 @@ import array_api_compat as aac
 from . import _driver, _dual, _validate
 from ._gradient import Cotangents, forward_dual, pullback, pushforward
 from .backends import Backend, backend_for
-from .operator import Operator
+from .operator import Operator, Scaled
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,8 @@ def _inspect_operator(A: Any, b: Any, xp: Any, backend: Backend) -> tuple[Any, t
     """The operator's dtype (None: take b's) and shape, after checking its type."""
     if _validate.is_operator(A):
         return _validate.operator_dtype(A, xp), A.shape
+    if isinstance(A, Scaled):  # built by lsqdiff._precond, which checked it
+        return A.dtype, A.shape
     if backend.is_sparse(A):
         return getattr(A, "dtype", None), tuple(A.shape)
     _validate.check_same_framework("A", A, b, xp)

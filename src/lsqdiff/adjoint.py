@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _lsmr, _lsqr
+from . import _lsmr, _lsqr, _precond
 from ._diagnostics import backward_diagnostics
 from ._terms import Terms
 from ._info import SolveInfo, make_info
@@ -91,7 +91,8 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
         The solver to run (the backward pass always uses LSMR).
     A, b, **kwargs
         As for the solver, including ``damp``, ``x0``, ``assume_full_rank``,
-        ``grad_atol``, ``grad_btol`` and ``grad_maxiter``.
+        ``grad_atol``, ``grad_btol``, ``grad_maxiter``, ``precond`` (the
+        pullback's solves are then preconditioned too) and ``precond_min_norm``.
 
     Returns
     -------
@@ -122,23 +123,33 @@ def vjp(solver: Callable[..., Any], A: Any, b: Any, **kwargs: Any
     method, default_maxiter = methods[solver]
     kwargs = {"damp": 0.0, "x0": None, "atol": 1e-6, "btol": 1e-6, "conlim": 1e8,
               "maxiter": None, **kwargs}
-    p = prepare(method, A, b, default_maxiter=default_maxiter, **kwargs)
-    with p.backend.solve_context():
-        state, y = p.run_differentiated(*p.args)
-    x = state["x"]
-    A_, b_, x0_, damp_ = p.args
-    shape = p.operator(A_).shape
+    precond = kwargs.pop("precond", None)
+    min_norm = kwargs.pop("precond_min_norm", False)
+    if precond is None:
+        p = prepare(method, A, b, default_maxiter=default_maxiter, **kwargs)
+        with p.backend.solve_context():
+            state, y = p.run_differentiated(*p.args)
+        x, backend, xp = state["x"], p.backend, p.xp
+        A_, b_, x0_, damp_ = p.args
+
+        def backward(x_bar: Any) -> Any:
+            return p.backward(A_, b_, x0_, damp_, x, x_bar, y)
+    else:
+        x, state, backend, backward = _precond.vjp(
+            method, A, b, precond=precond, min_norm=min_norm, default_maxiter=default_maxiter,
+            **kwargs)
+        xp = backend.xp
+    shape = (b.shape[0], x.shape[0])
 
     def pullback(x_bar: Any) -> Gradients:
         if tuple(x_bar.shape) != tuple(x.shape):
             raise ValueError(f"x_bar must have the shape of x, {tuple(x.shape)}, got "
                              f"{tuple(x_bar.shape)}")
-        with p.backend.solve_context(), backward_diagnostics() as log:
-            cot = p.backward(A_, b_, x0_, damp_, x, x_bar, y)
-        return Gradients(LowRank(cot.A, p.xp, shape), cot.b, cot.x0, float(cot.damp),
-                         tuple(log))
+        with backend.solve_context(), backward_diagnostics() as log:
+            cot = backward(x_bar)
+        return Gradients(LowRank(cot.A, xp, shape), cot.b, cot.x0, float(cot.damp), tuple(log))
 
-    return (x, make_info(state, p.backend)), pullback
+    return (x, make_info(state, backend)), pullback
 
 
 def _cols(a: Any) -> Any:

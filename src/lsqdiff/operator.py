@@ -122,6 +122,49 @@ class Operator:
     rmatvec_pieces: Callable[[Array], list[Array]] | None = None
 
 
+def preconditioned(A: Operator, N: Operator, damp: Any, xp: Any) -> Operator:
+    """``A N`` or, with ``damp`` (not None), ``K = [A N; damp N]`` of shape
+    ``(m + n, n)``: the operator of a right-preconditioned solve (`lsqdiff._precond`)."""
+    m, n = A.shape
+    if damp is None:
+        return Operator((m, n), lambda v: A.matvec(N.matvec(v)),
+                        lambda u: N.rmatvec(A.rmatvec(u)))
+
+    def matvec(v: Array) -> Array:
+        w = N.matvec(v)
+        return xp.concat([A.matvec(w), damp * w], axis=0)
+
+    return Operator((m + n, n), matvec,
+                    lambda u: N.rmatvec(A.rmatvec(u[:m, ...]) + damp * u[m:, ...]))
+
+
+def diagonal(d: Array, xp: Any) -> Operator:
+    """``diag(d)`` on vectors ``(n,)`` and blocks ``(n, k)``."""
+    dh = xp.conj(d) if xp.isdtype(d.dtype, "complex floating") else d
+
+    def scale(s: Array) -> MatVec:
+        return lambda v: (s if v.ndim == 1 else s[:, None]) * v
+
+    return Operator((d.shape[0], d.shape[0]), scale(d), scale(dh))
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """``A diag(d)`` (with ``damp``: ``[A diag(d); damp diag(d)]``) held as its
+    arrays, for a solve to take as its operator: unlike a `LinearOperator`'s
+    closures they can be a traced backend's arguments (JAX compiles the loop once
+    and differentiates them). ``A``: a dense array or sparse matrix; ``dtype``,
+    ``shape``: the solve's and the operator's. ``params``: the tensors PyTorch
+    differentiates (A's, and damp's where it requires grad)."""
+
+    A: Any
+    d: Array
+    damp: Any
+    dtype: Any
+    shape: tuple[int, int]
+    params: tuple[Any, ...] = ()
+
+
 def dense_operator(A: Array, xp: Any) -> Operator:
     """Products with a dense 2-D array; ``A^H`` is formed once, not per product."""
     AH = xp.conj(A).T if xp.isdtype(A.dtype, "complex floating") else A.T

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _lsmr, _lsqr
+from . import _lsmr, _lsqr, _precond
 from ._info import SolveInfo, make_info
 from ._solve import solve
 
@@ -12,8 +12,8 @@ from ._solve import solve
 def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
          btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None,
          assume_full_rank: bool = False, grad_atol: float | None = None,
-         grad_btol: float | None = None, grad_maxiter: int | None = None
-         ) -> tuple[Any, SolveInfo]:
+         grad_btol: float | None = None, grad_maxiter: int | None = None,
+         precond: Any = None, precond_min_norm: bool = False) -> tuple[Any, SolveInfo]:
     """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSMR.
 
     LSMR (Fong & Saunders 2011) is MINRES applied to the normal equations:
@@ -67,6 +67,28 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
         longer backward solves; ``grad_maxiter = maxiter`` bounds them by the
         forward's budget (matfree's rule), at the cost of gradient accuracy
         when they stop on it.
+    precond : array of shape (n,) or LinearOperator of shape (n, n), optional
+        A right preconditioner ``N``: the solver works on ``A N`` and returns
+        ``x = x0 + N y``. A 1-D array ``d`` of ``b``'s framework is the column
+        scaling ``N = diag(d)`` (`lsqdiff.jacobi` builds the Jacobi one); a
+        `LinearOperator` is a general nonsingular ``N`` (its ``rmatvec`` is
+        ``N^H``, derived where the framework can). Damping is kept exact: the
+        solve runs on ``[A N; damp N]``. The solution is the same as without
+        it for a damped problem or an ``A`` of full column rank; for an undamped
+        ``A`` with a null space (wide, or rank-deficient) it is the least-squares
+        solution of least ``||N^-1 (x - x0)||``, see ``precond_min_norm``. The
+        stopping tests are those above for the preconditioned problem (``A N``,
+        ``y``); ``info`` reports the original problem's ``normr``, ``normar``
+        and ``normx`` (computed from ``x``), and ``norma``, ``conda`` of ``A N``.
+        Gradients (in ``A``, ``b``, ``x0``, ``damp``) are those of the same
+        solution, and the backward pass's solves run on the preconditioned
+        operator too; ``N`` is a constant (no gradient reaches it).
+    precond_min_norm : bool, optional
+        With ``precond`` and no damping: return the minimum-norm solution at any
+        rank, by one more solve, unpreconditioned, of the consistent system
+        ``A e = A (x_N - x0)`` (its iterations add to ``info.itn``; gradients
+        then run through both solves). Ignored without ``precond`` or with
+        ``damp > 0``.
 
     Returns
     -------
@@ -108,19 +130,23 @@ def lsmr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     >>> np.round(x, 6), info.converged
     (array([1., 2.]), True)
     """
-    x, state, backend = solve(_lsmr, A, b, damp=damp, x0=x0, atol=atol, btol=btol,
-                              conlim=conlim, maxiter=maxiter,
-                              default_maxiter=lambda m, n: min(m, n),
-                              assume_full_rank=assume_full_rank, grad_atol=grad_atol,
-                              grad_btol=grad_btol, grad_maxiter=grad_maxiter)
+    options = dict(damp=damp, x0=x0, atol=atol, btol=btol, conlim=conlim, maxiter=maxiter,
+                   default_maxiter=lambda m, n: min(m, n),
+                   assume_full_rank=assume_full_rank, grad_atol=grad_atol,
+                   grad_btol=grad_btol, grad_maxiter=grad_maxiter)
+    if precond is None:
+        x, state, backend = solve(_lsmr, A, b, **options)
+    else:
+        x, state, backend = _precond.solve(_lsmr, A, b, precond=precond,
+                                           min_norm=precond_min_norm, **options)
     return x, make_info(state, backend)
 
 
 def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
          btol: float = 1e-6, conlim: float = 1e8, maxiter: int | None = None,
          assume_full_rank: bool = False, grad_atol: float | None = None,
-         grad_btol: float | None = None, grad_maxiter: int | None = None
-         ) -> tuple[Any, SolveInfo]:
+         grad_btol: float | None = None, grad_maxiter: int | None = None,
+         precond: Any = None, precond_min_norm: bool = False) -> tuple[Any, SolveInfo]:
     """Solve ``min ||A x - b||^2 + damp^2 ||x - x0||^2`` with LSQR.
 
     LSQR (Paige & Saunders 1982) is conjugate gradients on the normal
@@ -174,6 +200,28 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
         longer backward solves; ``grad_maxiter = maxiter`` bounds them by the
         forward's budget (matfree's rule), at the cost of gradient accuracy
         when they stop on it.
+    precond : array of shape (n,) or LinearOperator of shape (n, n), optional
+        A right preconditioner ``N``: the solver works on ``A N`` and returns
+        ``x = x0 + N y``. A 1-D array ``d`` of ``b``'s framework is the column
+        scaling ``N = diag(d)`` (`lsqdiff.jacobi` builds the Jacobi one); a
+        `LinearOperator` is a general nonsingular ``N`` (its ``rmatvec`` is
+        ``N^H``, derived where the framework can). Damping is kept exact: the
+        solve runs on ``[A N; damp N]``. The solution is the same as without
+        it for a damped problem or an ``A`` of full column rank; for an undamped
+        ``A`` with a null space (wide, or rank-deficient) it is the least-squares
+        solution of least ``||N^-1 (x - x0)||``, see ``precond_min_norm``. The
+        stopping tests are those above for the preconditioned problem (``A N``,
+        ``y``); ``info`` reports the original problem's ``normr``, ``normar``
+        and ``normx`` (computed from ``x``), and ``norma``, ``conda`` of ``A N``.
+        Gradients (in ``A``, ``b``, ``x0``, ``damp``) are those of the same
+        solution, and the backward pass's solves run on the preconditioned
+        operator too; ``N`` is a constant (no gradient reaches it).
+    precond_min_norm : bool, optional
+        With ``precond`` and no damping: return the minimum-norm solution at any
+        rank, by one more solve, unpreconditioned, of the consistent system
+        ``A e = A (x_N - x0)`` (its iterations add to ``info.itn``; gradients
+        then run through both solves). Ignored without ``precond`` or with
+        ``damp > 0``.
 
     Returns
     -------
@@ -215,9 +263,13 @@ def lsqr(A: Any, b: Any, *, damp: Any = 0.0, x0: Any = None, atol: float = 1e-6,
     >>> np.round(x, 4)
     array([1.    , 1.9901])
     """
-    x, state, backend = solve(_lsqr, A, b, damp=damp, x0=x0, atol=atol, btol=btol,
-                              conlim=conlim, maxiter=maxiter,
-                              default_maxiter=lambda m, n: 2 * n,
-                              assume_full_rank=assume_full_rank, grad_atol=grad_atol,
-                              grad_btol=grad_btol, grad_maxiter=grad_maxiter)
+    options = dict(damp=damp, x0=x0, atol=atol, btol=btol, conlim=conlim, maxiter=maxiter,
+                   default_maxiter=lambda m, n: 2 * n,
+                   assume_full_rank=assume_full_rank, grad_atol=grad_atol,
+                   grad_btol=grad_btol, grad_maxiter=grad_maxiter)
+    if precond is None:
+        x, state, backend = solve(_lsqr, A, b, **options)
+    else:
+        x, state, backend = _precond.solve(_lsqr, A, b, precond=precond,
+                                           min_norm=precond_min_norm, **options)
     return x, make_info(state, backend)

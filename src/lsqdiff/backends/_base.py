@@ -160,6 +160,15 @@ class Backend:
         """``fn`` compiled once per ``key`` (its static settings); eager backends run it as is."""
         return fn
 
+    def constant(self, a: Any) -> Any:
+        """``a`` with no derivative flowing through it (a preconditioner's arrays)."""
+        return a
+
+    def parameters(self, A: Any, damp: Any) -> list[Any]:
+        """The arrays an operator built on ``A`` and ``damp`` (`lsqdiff._precond`)
+        is differentiated in, as a `LinearOperator`'s ``params`` (PyTorch's need)."""
+        return []
+
     def carries_derivative(self, value: Any) -> bool:
         """Whether a concrete 0-d array of this framework carries derivatives, so
         that a solve must keep it an array (`lsqdiff._validate.check_damp`)."""
@@ -198,6 +207,11 @@ class Backend:
 
     def sparse_operator(self, A: Any) -> Operator:
         raise NotImplementedError
+
+    def sparse_column_norms2(self, A: Any) -> Any:
+        """``||A e_j||^2`` for each column of a sparse matrix, exactly (`lsqdiff.jacobi`);
+        None for an operator known only by its products."""
+        return None
 
     def derive_rmatvec(self, matvec: MatVec, shape: tuple[int, int], dtype: Any,
                        device: Any) -> MatVec:

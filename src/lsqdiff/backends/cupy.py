@@ -21,5 +21,8 @@ class CupyBackend(Backend):
         AH = A.conj().T.tocsr() if A.dtype.kind == "c" else A.T.tocsr()
         return Operator(A.shape, lambda v: A @ v, lambda u: AH @ u)
 
+    def sparse_column_norms2(self, A: Any) -> Any:
+        return cupy.asarray(abs(A).power(2).sum(axis=0)).ravel()
+
     def to_host(self, value: Any) -> Any:
         return value.item() if value.ndim == 0 else cupy.asnumpy(value)

@@ -24,7 +24,7 @@ from jax.interpreters import ad, batching, mlir
 from jax.interpreters import partial_eval as pe
 
 from .._info import SolveInfo
-from ..operator import LinearOperator, MatVec, Operator
+from ..operator import LinearOperator, MatVec, Operator, Scaled
 from ._base import Backend, State, plain_norm_ok, scaled_norm
 
 if TYPE_CHECKING:
@@ -36,6 +36,10 @@ jax.tree_util.register_dataclass(
     data_fields=["istop", "itn", "normr", "normar", "norma", "conda", "normx", "converged"],
     meta_fields=[],
 )
+# A preconditioned solve's operator: its arrays are arguments of the solve (and
+# of its compiled loop), like a dense A's.
+jax.tree_util.register_dataclass(Scaled, data_fields=["A", "d", "damp"],
+                                 meta_fields=["dtype", "shape", "params"])
 
 
 class JaxBackend(Backend):
@@ -169,6 +173,9 @@ class JaxBackend(Backend):
                                       pair_adjoint)
         return _pair(spec, consts, (q, s), False)[0]
 
+    def constant(self, a: Any) -> Any:
+        return jax.lax.stop_gradient(a)
+
     def select(self, pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
         return jax.lax.cond(pred, if_true, if_false)
 
@@ -210,6 +217,11 @@ class JaxBackend(Backend):
         AT = A.T
         # A^H u = conj(A^T conj(u)); conj is free for real dtypes.
         return Operator(tuple(A.shape), lambda v: A @ v, lambda u: jnp.conj(AT @ jnp.conj(u)))
+
+    def sparse_column_norms2(self, A: Any) -> Any:
+        A = A.to_bcoo() if isinstance(A, jsparse.BCSR) else A
+        values = jnp.abs(A.data)
+        return jnp.zeros(A.shape[1], values.dtype).at[A.indices[:, 1]].add(values * values)
 
     def derive_rmatvec(self, matvec: MatVec, shape: tuple[int, int], dtype: Any,
                        device: Any) -> MatVec:

@@ -68,5 +68,10 @@ class NumpyBackend(Backend):
             lambda u: A.rmatvec(u) if u.ndim == 1 else A.rmatmat(u),
         )
 
+    def sparse_column_norms2(self, A: Any) -> Any:
+        if not _scipy_sparse().issparse(A):
+            return None  # a SciPy LinearOperator
+        return np.asarray(abs(A).power(2).sum(axis=0)).ravel()
+
     def to_host(self, value: Any) -> Any:
         return value.item() if np.ndim(value) == 0 else np.asarray(value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import itertools
 import math
@@ -18,7 +19,7 @@ from torch.autograd import forward_ad
 
 from .._terms import Terms
 from .._vectors import NEW_ARRAYS, NewArrays
-from ..operator import LinearOperator, MatVec, Operator
+from ..operator import LinearOperator, MatVec, Operator, Scaled
 from ._base import Backend, State, plain_norm_ok, scaled_norm
 
 if TYPE_CHECKING:
@@ -54,6 +55,12 @@ class TorchBackend(Backend):
     def vector_ops(self, batched: bool) -> Any:
         return NEW_ARRAYS if batched else _IN_PLACE
 
+    def constant(self, a: Any) -> Any:
+        return a.detach()
+
+    def parameters(self, A: Any, damp: Any) -> list[Any]:
+        return _parameters(A) + ([damp] if isinstance(damp, torch.Tensor) else [])
+
     def internal_solver(self) -> Callable[..., tuple[Any, State]] | None:
         params = _ROUTE.get()
         return None if params is None else functools.partial(_internal_solve, params)
@@ -78,6 +85,12 @@ class TorchBackend(Backend):
         if AH.is_complex():
             AH = AH.conj_physical()
         return Operator(tuple(A.shape), lambda v: A @ v, lambda u: AH @ u)
+
+    def sparse_column_norms2(self, A: Any) -> Any:
+        coo = A.detach().to_sparse_coo().coalesce()
+        values = coo.values().abs()
+        out = torch.zeros(A.shape[1], dtype=values.dtype, device=values.device)
+        return out.index_add_(0, coo.indices()[1], values * values)
 
     def derive_rmatvec(self, matvec: MatVec, shape: tuple[int, int], dtype: Any,
                        device: Any) -> MatVec:
@@ -271,6 +284,8 @@ class _Solve(torch.autograd.Function):
             dA = None
         elif isinstance(A, torch.Tensor):
             dA = p.operator(dparams[0])  # the products are linear in A
+        elif isinstance(A, Scaled):
+            dA = p.operator(_scaled_tangent(A, dparams))
         else:
             dA = _function_tangent(p, A, params, dparams)
         # The tangent's solves are calls of this Function (see _routed): under
@@ -415,6 +430,16 @@ def _operator_input(p: Prepared, params: Sequence[Any]) -> Any:
     """A as the Function sees it: a tensor A is its own (unwrapped) parameter;
     a LinearOperator is used as given."""
     return params[0] if isinstance(p.args[0], torch.Tensor) else p.args[0]
+
+
+def _scaled_tangent(A: Scaled, dparams: Sequence[Any]) -> Scaled:
+    """The tangent of a preconditioned solve's operator ``[A N; damp N]``, which is
+    linear in ``(A, damp)`` jointly: the same operator at their tangents."""
+    dA = dparams[0] if isinstance(A.A, torch.Tensor) else None
+    ddamp = dparams[-1] if isinstance(A.damp, torch.Tensor) else None
+    return dataclasses.replace(
+        A, A=torch.zeros_like(A.A) if dA is None else dA,
+        damp=None if A.damp is None else 0.0 if ddamp is None else ddamp)
 
 
 def _all_zero(tensors: Sequence[Any]) -> bool:

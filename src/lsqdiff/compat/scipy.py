@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
-from .. import _lsmr, _lsqr
+from .. import _lsmr, _lsqr, _precond
 from .._info import STOP_MESSAGES
 from .._solve import solve
 
@@ -33,10 +33,14 @@ __all__ = ["lsmr", "lsqr"]
 
 def lsmr(A: Any, b: Any, damp: float = 0.0, atol: float = 1e-6, btol: float = 1e-6,
          conlim: float = 1e8, maxiter: int | None = None, show: bool = False,
-         x0: Any = None) -> tuple[Any, ...]:
+         x0: Any = None, *, precond: Any = None) -> tuple[Any, ...]:
     """SciPy's ``lsmr``: returns ``(x, istop, itn, normr, normar, norma, conda, normx)``.
 
-    Parameters and returns are those of `scipy.sparse.linalg.lsmr`.
+    Parameters and returns are those of `scipy.sparse.linalg.lsmr`, plus one
+    extension outside SciPy's signature: ``precond``, a right preconditioner
+    (a 1-D NumPy array ``d`` for ``N = diag(d)``, or a `lsqdiff.LinearOperator`),
+    as in `lsqdiff.lsmr`; ``normr``, ``normar`` and ``normx`` are then the
+    original problem's, ``norma`` and ``conda`` those of ``A N``.
 
     Examples
     --------
@@ -50,8 +54,8 @@ def lsmr(A: Any, b: Any, damp: float = 0.0, atol: float = 1e-6, btol: float = 1e
     A, b, x0 = _as_scipy_inputs(A, b, x0)
     if show:
         _print_header("LSMR", A, damp, atol, btol, conlim, "maxiter", maxiter)
-    x, st, _ = solve(_lsmr, A, b, damp=damp, x0=x0, atol=atol, btol=btol, conlim=conlim,
-                     maxiter=maxiter, default_maxiter=lambda m, n: min(m, n))
+    x, st, _ = _solve(_lsmr, A, b, precond, damp=damp, x0=x0, atol=atol, btol=btol,
+                      conlim=conlim, maxiter=maxiter, default_maxiter=lambda m, n: min(m, n))
     out = (x, st["istop"], st["itn"], st["normr"], st["normar"], st["norma"], st["conda"],
            st["normx"])
     if show:
@@ -61,10 +65,11 @@ def lsmr(A: Any, b: Any, damp: float = 0.0, atol: float = 1e-6, btol: float = 1e
 
 def lsqr(A: Any, b: Any, damp: float = 0.0, atol: float = 1e-6, btol: float = 1e-6,
          conlim: float = 1e8, iter_lim: int | None = None, show: bool = False,
-         calc_var: bool = False, x0: Any = None) -> tuple[Any, ...]:
+         calc_var: bool = False, x0: Any = None, *, precond: Any = None) -> tuple[Any, ...]:
     """SciPy's ``lsqr``: returns ``(x, istop, itn, r1norm, r2norm, anorm, acond, arnorm, xnorm, var)``.
 
-    Parameters and returns are those of `scipy.sparse.linalg.lsqr`.
+    Parameters and returns are those of `scipy.sparse.linalg.lsqr`, plus
+    ``precond`` as for `lsmr` above (an extension; not with ``calc_var``).
 
     Examples
     --------
@@ -78,14 +83,25 @@ def lsqr(A: Any, b: Any, damp: float = 0.0, atol: float = 1e-6, btol: float = 1e
     A, b, x0 = _as_scipy_inputs(A, b, x0)
     if show:
         _print_header("LSQR", A, damp, atol, btol, conlim, "iter_lim", iter_lim)
-    x, st, _ = solve(_lsqr, A, b, damp=damp, x0=x0, atol=atol, btol=btol, conlim=conlim,
-                     maxiter=iter_lim, default_maxiter=lambda m, n: 2 * n, calc_var=calc_var)
+    if calc_var and precond is not None:
+        raise ValueError("calc_var: the variance estimate is not available with precond")
+    x, st, _ = _solve(_lsqr, A, b, precond, damp=damp, x0=x0, atol=atol, btol=btol,
+                      conlim=conlim, maxiter=iter_lim, default_maxiter=lambda m, n: 2 * n,
+                      calc_var=calc_var)
     var = st["var"] if calc_var else np.zeros(A.shape[1])
     out = (x, st["istop"], st["itn"], st["r1norm"], st["normr"], st["norma"], st["conda"],
            st["normar"], st["normx"], var)
     if show:
         _print_summary("LSQR", (out[1], out[2], out[4], out[7], out[5], out[6], out[8]))
     return out
+
+
+def _solve(method: Any, A: Any, b: Any, precond: Any, **kwargs: Any) -> tuple[Any, ...]:
+    if precond is None:
+        return solve(method, A, b, **kwargs)
+    if kwargs.get("calc_var") is False:
+        del kwargs["calc_var"]
+    return _precond.solve(method, A, b, precond=precond, **kwargs)
 
 
 def _as_scipy_inputs(A: Any, b: Any, x0: Any) -> tuple[Any, Any, Any]:
