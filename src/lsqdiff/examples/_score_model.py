@@ -296,6 +296,6 @@ def make_step(method: str, model: torch.nn.Module, *, lr: float, mu: float, gamm
         total.backward()
         current.update(pts)
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step, opt
