@@ -201,7 +201,7 @@ def asymmetry_penalty(model: torch.nn.Module, x: torch.Tensor, sigma: torch.Tens
     >>> _ = torch.manual_seed(0)
     >>> net = ScoreNet(2, 16)
     >>> p = asymmetry_penalty(net, torch.randn(4, 2), torch.ones(4, 1), torch.randn(4, 2))
-    >>> p.requires_grad, float(p) >= 0
+    >>> p.requires_grad, float(p.detach()) >= 0
     (True, True)
     """
     z = x.detach().requires_grad_()

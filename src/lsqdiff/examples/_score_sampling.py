@@ -46,7 +46,7 @@ def annealed_langevin(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     >>> score = lambda x, s: -(x - 1.0) / (0.25 + s ** 2)
     >>> sigmas = torch.tensor([3.0, 1.0, 0.3, 0.1])
     >>> x = annealed_langevin(score, sigmas, 3.0 * torch.randn(4000, 1, generator=g),
-    ...                      steps=50, ratio=0.1, generator=g)
+    ...                      steps=50, ratio=0.5, generator=g)
     >>> round(float(x.mean()), 1), round(float(x.std()), 1)
     (1.0, 0.5)
     """
