@@ -123,7 +123,7 @@ def dsm_loss(model: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor,
     >>> from lsqdiff.examples._score_model import ScoreNet, dsm_loss
     >>> _ = torch.manual_seed(0)
     >>> x, eps = torch.randn(8, 2), torch.randn(8, 2)
-    >>> float(dsm_loss(ScoreNet(2, 16), x, torch.full((8, 1), 0.3), eps)) > 0
+    >>> float(dsm_loss(ScoreNet(2, 16), x, torch.full((8, 1), 0.3), eps).detach()) > 0
     True
     """
     return 0.5 * torch.mean(torch.sum((model(x + sigma * eps, sigma) + eps) ** 2, -1))
@@ -240,7 +240,16 @@ def relative_asymmetry(model: torch.nn.Module, x: torch.Tensor, sigmas: torch.Te
 
 
 def unit_vectors(n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` random unit vectors in ``R^dim`` (rows), uniform on the sphere."""
+    """``n`` random unit vectors in ``R^dim`` (rows), uniform on the sphere.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lsqdiff.examples._score_model import unit_vectors
+    >>> v = unit_vectors(4, 3, torch.Generator().manual_seed(0))
+    >>> torch.allclose(torch.linalg.norm(v, dim=1), torch.ones(4))
+    True
+    """
     v = torch.randn(n, dim, generator=generator)
     return v / torch.linalg.norm(v, dim=-1, keepdim=True)
 
@@ -248,7 +257,17 @@ def unit_vectors(n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
 def constraint_points(x: torch.Tensor, sigma: torch.Tensor, points: int, pairs: int,
                       generator: torch.Generator) -> dict[str, torch.Tensor]:
     """The first ``points`` rows of a noisy batch, each with ``pairs`` random
-    unit probe pairs ``(u, w)``: ``points * pairs`` constraints."""
+    unit probe pairs ``(u, w)``: ``points * pairs`` constraints.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lsqdiff.examples._score_model import constraint_points
+    >>> g = torch.Generator().manual_seed(0)
+    >>> pts = constraint_points(torch.randn(10, 64), torch.ones(10, 1), 4, 2, g)
+    >>> {k: tuple(v.shape) for k, v in pts.items()}
+    {'x': (8, 64), 'sigma': (8, 1), 'u': (8, 64), 'w': (8, 64)}
+    """
     xs, ss = x[:points].detach().repeat(pairs, 1), sigma[:points].repeat(pairs, 1)
     return {"x": xs, "sigma": ss, "u": unit_vectors(xs.shape[0], x.shape[1], generator),
             "w": unit_vectors(xs.shape[0], x.shape[1], generator)}
@@ -256,7 +275,17 @@ def constraint_points(x: torch.Tensor, sigma: torch.Tensor, points: int, pairs: 
 
 def asymmetry_at(model: torch.nn.Module, pts: dict[str, torch.Tensor]) -> torch.Tensor:
     """The constraint values ``u^T J w - w^T J u`` at ``pts`` (from
-    `constraint_points`) for any model, `EnergyNet` included, without a graph."""
+    `constraint_points`) for any model, `EnergyNet` included, without a graph.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lsqdiff.examples._score_model import EnergyNet, asymmetry_at, constraint_points
+    >>> g = torch.Generator().manual_seed(0)
+    >>> pts = constraint_points(torch.randn(6, 2), torch.ones(6, 1), 6, 1, g)
+    >>> bool(asymmetry_at(EnergyNet(2, 16), pts).abs().max() < 1e-6)
+    True
+    """
     jw, _ = jacobian_products(model, pts["x"], pts["sigma"], pts["w"])
     ju, _ = jacobian_products(model, pts["x"], pts["sigma"], pts["u"])
     return (torch.sum(pts["u"] * jw, -1) - torch.sum(pts["w"] * ju, -1)).detach()
@@ -272,6 +301,24 @@ def make_step(method: str, model: torch.nn.Module, *, lr: float, mu: float, gamm
     and returns the DSM loss. ``"nullspace"`` wraps Adam in
     `lsqdiff.nullspace.torch.ConstrainedOptimizer` (update placement) with
     the constraint `asymmetry_constraint` at ``pts``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lsqdiff.examples._score_model import (ScoreNet, asymmetry_at,
+    ...                                            constraint_points, make_step)
+    >>> _ = torch.manual_seed(0)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> net = ScoreNet(2, 16).double()
+    >>> step, opt = make_step("nullspace", net, lr=1e-3, mu=0.0, gamma=0.5, maxiter=20)
+    >>> x, eps = torch.randn(32, 2, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    >>> sigma = torch.full((32, 1), 0.5, dtype=torch.float64)
+    >>> pts = constraint_points(x + sigma * eps, sigma, 8, 1, g)
+    >>> pts = {k: v.double() for k, v in pts.items()}
+    >>> before = torch.linalg.norm(asymmetry_at(net, pts))
+    >>> loss = step(x, sigma, eps, eps, pts)  # removes half of the residual at pts
+    >>> round(float(torch.linalg.norm(asymmetry_at(net, pts)) / before), 1)
+    0.5
     """
     from lsqdiff.nullspace.torch import ConstrainedOptimizer
 

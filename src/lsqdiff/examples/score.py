@@ -269,7 +269,16 @@ COLUMNS = (("swd", "sliced W2", ".3f"), ("mmd2", "MMD²", ".4f"),
 def summary(result: dict) -> dict:
     """``summary[method][key] = (mean, std)`` over the seeds (std with ddof=1,
     0 for one seed), for the keys of `COLUMNS`; ``summary["data"]`` holds the
-    training-vs-held-out floor of ``swd`` and ``mmd2``."""
+    training-vs-held-out floor of ``swd`` and ``mmd2``.
+
+    Examples
+    --------
+    >>> from lsqdiff.examples.score import run, summary
+    >>> r = run("8gaussians", size="small", seeds=[0, 1], methods=["energy"])
+    >>> mean, std = summary(r)["energy"]["asymmetry"]
+    >>> mean < 1e-5
+    True
+    """
     import numpy as np
 
     def stats(values: list) -> tuple[float, float]:
@@ -282,7 +291,15 @@ def summary(result: dict) -> dict:
 
 
 def describe(result: dict) -> str:
-    """The Markdown table printed for one data set, with its settings."""
+    """The Markdown table printed for one data set, with its settings.
+
+    Examples
+    --------
+    >>> from lsqdiff.examples.score import describe, run
+    >>> text = describe(run("moons", size="small", seeds=[0], methods=["unconstrained"]))
+    >>> text.splitlines()[2]
+    '| method | sliced W2 | MMD² | ‖J−Jᵀ‖/‖J‖ | RMS c (train pts) | held-out DSM loss | ms / step |'
+    """
     s, table = result["settings"], summary(result)
     head = "| method | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
     rows = [head, "|---|" + "---:|" * len(COLUMNS)]
