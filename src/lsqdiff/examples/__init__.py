@@ -13,6 +13,9 @@ quick version used by the test suite); each also offers
   holds first derivatives, so its Jacobian needs second derivatives).
 * `sparsity`: a CNN on scikit-learn's digits with 90% of a layer held at zero
   (PyTorch).
+* `score`: a score-based generative model whose score is held conservative,
+  against unconstrained, penalty and energy-model baselines, over several
+  seeds (PyTorch; its own command line, ``--small``, ``--out DIR``).
 
 The examples need ``scikit-learn`` (the digits) and, for plots, ``matplotlib``
 (the ``examples`` extra). Nothing is downloaded.
