@@ -3,10 +3,12 @@
 `lsqdiff._gradient.pushforward`. Its solves with a true inverse (damped, or
 ``assume_full_rank`` tall) are ``lax.custom_linear_solve`` calls; its
 pseudo-inverse solves are a primitive of this module, ``lsqdiff_min_norm_solve``,
-with the pseudo-inverse's own derivative, transpose and batching rules. So JAX
-transposes the tangent into the gradient (``jax.grad``, ``jax.vjp``) with the
-solves of `lsqdiff._gradient.pullback`, and differentiates it again into exact
-second derivatives; the loops themselves are never differentiated in reverse."""
+with the pseudo-inverse's own derivative, transpose and batching rules, and the
+undamped rule as a whole is ``lsqdiff_min_norm_tangent``, whose transpose solves
+for ``y`` only where the cotangent needs it. So JAX transposes the tangent into
+the gradient (``jax.grad``, ``jax.vjp``) with the solves of
+`lsqdiff._gradient.pullback`, and differentiates it again into exact second
+derivatives; the loops themselves are never differentiated in reverse."""
 
 from __future__ import annotations
 
