@@ -11,7 +11,9 @@ and counts the backward solves that ran an iteration, under NumPy
 (`lsqdiff.vjp`) and PyTorch (autograd). Under JAX (``jax.vjp``, the transpose
 of the tangent rule) the solves stay primitives that JAX differentiates again
 for second derivatives, and the count is the same: the duals enter as the value
-of the y solve and as the transpose of the min-norm pair (`lsqdiff.backends.jax`).
+of the y solve and as the transpose of the min-norm pair, and the tangent
+primitive's transpose solves for y only where w is not negligible
+(`lsqdiff.backends.jax`).
 """
 
 from __future__ import annotations

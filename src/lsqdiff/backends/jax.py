@@ -862,11 +862,28 @@ def _adjoint_transpose(cts: Any, *args: Any, **params: Any) -> list[Any]:
     raise NotImplementedError("lsqdiff: internal error: the transposed tangent was transposed")
 
 
-def _adjoint_batch(args: Any, dims: Any, **params: Any) -> Any:
-    # The mapped columns run as one vmapped solve (each column keeps its own
-    # decision on y).
-    outs = jax.vmap(lambda *a: _adjoint_impl(*a, **params), in_axes=tuple(dims))(*args)
-    return outs, [0] * len(outs)
+def _adjoint_batch(args: Any, dims: Any, *, spec: _MinNormSpec, tspec: _TangentSpec,
+                   hinted: int, with_g: bool, with_y: bool) -> Any:
+    """As `_min_norm_batch`: the mapped columns of ``d``, the hint and ``c`` become
+    columns of the primitive itself (each keeps its own decision on y), so that
+    a derivative taken outside the map still meets this primitive's rule (a
+    vmapped evaluation would differentiate the loops)."""
+    n_consts = len(args) - 2 - hinted
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    d, c = (_to_last(args[i], dims[i], size) for i in (n_consts, len(args) - 1))
+    cols = c.shape[1:-1]
+    hint = None
+    if hinted:
+        value = _to_last(args[n_consts + 1], dims[n_consts + 1], size)
+        ok = (True if hinted == 1
+              else _to_last(args[n_consts + 2], dims[n_consts + 2], size).reshape(-1))
+        hint = (value.reshape(value.shape[0], -1), ok)
+    width = c.reshape(c.shape[0], -1).shape[1]
+    bspec, bconsts = _batched_spec(spec, args[:n_consts], dims[:n_consts], size, c.dtype, width)
+    outs = _adjoint(bspec, tspec, bconsts, d.reshape(d.shape[0], -1), hint,
+                    c.reshape(c.shape[0], -1), with_g, with_y)
+    outs = [o.reshape((o.shape[0],) + cols + (size,)) for o in outs]
+    return outs, [o.ndim - 1 for o in outs]
 
 
 _adjoint_p = _primitive("lsqdiff_min_norm_adjoint", _adjoint_impl, _adjoint_abstract,
