@@ -355,13 +355,15 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
                              atol=atol, btol=btol)
         return p, _complete(ok, g, lambda s: lsmr_on(A, s, **settings), p, xp)
 
-    def tangent_adjoint(A: Operator, c: Array, d_: Array, hint_: Any, with_g: bool,
-                        with_y: bool) -> tuple[Array, Array | None, Array | None, Array]:
+    def tangent_adjoint(A: Operator, c: Array, d_: Array, hint_: Any, r_zero_: Any,
+                        with_g: bool, with_y: bool
+                        ) -> tuple[Array, Array | None, Array | None, Array]:
         # The tangent rule transposed: (A^+H c, A^+ A^+H c, A^+H d, (I - A^+ A) c)
-        # from one solve with A^H. g is its dual where `dual_pinv` accepts it;
-        # y = A^+H d is solved for only in the columns where the projection w of c
-        # onto null(A) is not negligible (its term y w^H vanishes elsewhere) and
-        # the forward's dual gave nothing.
+        # from one solve with A^H. g is its dual where `dual_pinv` accepts it, zero
+        # where the forward's residual is negligible (``r_zero_``: its term r g^H
+        # is dropped), else a solve; y = A^+H d is solved for only in the columns
+        # where the projection w of c onto null(A) is not negligible (its term
+        # y w^H vanishes elsewhere) and the forward's dual gave nothing.
         AH_ = Operator((n, m), A.rmatvec, A.matvec)
         g = None
         if with_g:
@@ -369,7 +371,9 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
             w_ = c - A.rmatvec(p)
             g, g_ok, w_zero = dual_pinv(z, w_, stop, xp, target=p, adjoint=A.matvec,
                                         atol=atol, btol=btol)
-            g = _complete(g_ok, g, lambda s_: lsmr_on(A, s_, **settings), p, xp)
+            known = xp.zeros_like(c) if g is None else _where(g_ok, g, xp.zeros_like(g), xp)
+            g = _complete(_or(g_ok, r_zero_, xp), known, lambda s_: lsmr_on(A, s_, **settings),
+                          p, xp)
         else:
             p, stop = lsmr_on(AH_, c, stop=True, **settings)
             w_ = c - A.rmatvec(p)
@@ -397,7 +401,8 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
         q0 = _sum([db, -dA.matvec(x)])
         s = None if r_zero is True else dA.rmatvec(b - op.matvec(x))
         return backend.min_norm_tangent(op, d, hint, q0, s, dA.rmatvec, dx0, solve,
-                                        pinv_pair_adjoint, tangent_adjoint)
+                                        pinv_pair_adjoint, tangent_adjoint,
+                                        None if s is None else r_zero)
     y = None if dA is None and ddamp is None else pinv_h(d, hint)
     w = _sum([None if dA is None else dA.rmatvec(y), dx0])
     terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]

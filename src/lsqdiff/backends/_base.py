@@ -152,14 +152,16 @@ class Backend:
                          s: Any, w_of: Callable[[Any], Any], dx0: Any,
                          solve: Callable[[Operator, Any], Any],
                          pair_adjoint: Callable[[Operator, Any], tuple[Any, Any]],
-                         adjoint: Callable[..., tuple[Any, Any, Any, Any]]) -> Any:
+                         adjoint: Callable[..., tuple[Any, Any, Any, Any]],
+                         r_zero: Any = None) -> Any:
         """The undamped tangent ``x' = A^+ (q0 - A w + A^+H s) + w`` with
         ``w = w_of(y) + dx0`` and ``y = A^+H d`` (``hint`` as for `min_norm_solve`;
-        ``s``, ``dx0`` None for zero). ``adjoint(A, c, d, hint, with_g, with_y)``
-        returns ``(A^+H c, A^+ A^+H c, y, (I - A^+ A) c)``, solving for ``y`` only
-        where the last is not negligible: a framework that transposes the tangent
-        rule (JAX) registers it as the transpose, so that ``y`` is solved for only
-        where the cotangent needs it."""
+        ``s``, ``dx0`` None for zero). ``adjoint(A, c, d, hint, r_zero, with_g,
+        with_y)`` returns ``(A^+H c, A^+ A^+H c, y, (I - A^+ A) c)``, the second
+        zero where ``r_zero`` (the residual behind ``s`` is negligible) and ``y``
+        solved for only where the last is not negligible: a framework that
+        transposes the tangent rule (JAX) registers it as the transpose, so that
+        ``g`` and ``y`` are solved for only where the cotangent needs them."""
         y = self.min_norm_solve(op, d, True, solve, hint)
         w = w_of(y) if dx0 is None else w_of(y) + dx0
         q = q0 - op.matvec(w)
