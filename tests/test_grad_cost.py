@@ -208,9 +208,10 @@ def test_forward_at_its_iteration_limit_costs_the_y_solve(backward_solves, frame
     its residual, so its dual is not used, and y takes a solve where w != 0 (A
     rank-deficient, x_bar off its row space); g still comes from the b_bar
     solve's dual. Where w = 0 (A of full column rank, or x_bar in the row
-    space: 2 x from a cold start) y is not needed: under JAX too, whose transposed tangent rule solves
-    for y only after the b_bar solve has said whether w is negligible (else it
-    would always cost a second solve here). Still exact."""
+    space: 2 x from a cold start) y is not needed: under JAX too, whose
+    transposed tangent rule solves for y only after the b_bar solve has said
+    whether w is negligible (else it would always cost a second solve here).
+    Still exact."""
     # grad_maxiter: the backward solves may take more than the forward's maxiter.
     opts = dict(TIGHT_GRAD, maxiter=one_short(framework, case), grad_maxiter=500)
     backward_solves.clear()
