@@ -4,6 +4,7 @@
     python asv_bench/grad_quick.py           # full run, ~8 minutes
     python asv_bench/grad_quick.py --quick   # smoke run, ~2 minutes
     python asv_bench/grad_quick.py --modes tol --variants lsqdiff,matfree
+    python asv_bench/grad_quick.py --modes tol --clock cpu   # a loaded, shared machine
 
 For the problems of ``benchmarks/grad_common.py`` (tall 2000x500, wide
 500x2000, both also with rank 400, damped 2000x500 with damp = 1; float64,
@@ -71,7 +72,8 @@ def implementations(variants, with_matfree: bool):
     return out
 
 
-def measure(problem: str, mode: str, variants, repeats: int, with_matfree: bool):
+def measure(problem: str, mode: str, variants, repeats: int, with_matfree: bool,
+            clock=time.perf_counter):
     """Rows of the ratio table for one problem and setting."""
     fns, pairs = {}, []
     for fw, v in implementations(variants, with_matfree):
@@ -81,7 +83,7 @@ def measure(problem: str, mode: str, variants, repeats: int, with_matfree: bool)
         fwd, vg = make(problem, mode, v)
         fns[(fw, v, "fwd")], fns[(fw, v, "vg")] = fwd, vg
         pairs.append((fw, v))
-    t = interleaved_samples(fns, repeats)
+    t = interleaved_samples(fns, repeats, clock=clock)
     _, ref_A, _ = gc.reference_gradients(problem)
     rows = []
     for fw, v in pairs:
@@ -110,6 +112,9 @@ def main(argv=None) -> None:
                     help="comma-separated settings: tol, fixed60 (default both)")
     ap.add_argument("--variants", default=None,
                     help="comma-separated implementations (default: all of grad_common.VARIANTS)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time (default) or this process's CPU time (time.process_time: "
+                         "on a loaded, shared machine far less inflated by other processes)")
     args = ap.parse_args(argv)
     if args.threads:
         limit_threads(args.threads)
@@ -138,7 +143,8 @@ def main(argv=None) -> None:
         mf = getattr(matfree, "__version__", "installed")
     print(f"lsqdiff {lsqdiff.__version__} | numpy {np.__version__} | jax {jax.__version__} | "
           f"torch {torch.__version__} | matfree {mf} | {os.cpu_count()} CPUs | "
-          f"threads {args.threads or 'default'} | float64 | {repeats} rounds\n")
+          f"threads {args.threads or 'default'} | float64 | {repeats} rounds | "
+          f"{args.clock} clock\n")
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"warning: 1-min load average is {load:.2f} on {os.cpu_count()} CPUs; other work "
@@ -147,7 +153,8 @@ def main(argv=None) -> None:
     rows = []
     for mode in modes:
         for problem in problems:
-            rows += measure(problem, mode, variants, repeats, with_matfree)
+            rows += measure(problem, mode, variants, repeats, with_matfree,
+                            time.process_time if args.clock == "cpu" else time.perf_counter)
             print(f"  done {problem} {mode}", file=sys.stderr)
     print("value-and-grad time / forward time (lsqdiff's target: <= 2.2 full rank, <= 3.0 "
           "rank-deficient); iterations of "

@@ -43,9 +43,12 @@ def limit_threads(n: int) -> None:
                                    " --xla_cpu_multi_thread_eigen=false")
 
 
-def interleaved_samples(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Wall times of each callable, timed round-robin (the order alternating from
-    round to round), so that each round's samples saw the same machine state."""
+def interleaved_samples(fns: dict, repeats: int, warmup: int = 1,
+                        clock=time.perf_counter) -> dict:
+    """Times of each callable (wall times by default; ``time.process_time``: the
+    CPU time of this process, which other processes on a shared machine inflate
+    far less), timed round-robin (the order alternating from round to round), so
+    that each round's samples saw the same machine state."""
     for f in fns.values():
         for _ in range(warmup):
             f()
@@ -53,9 +56,9 @@ def interleaved_samples(fns: dict, repeats: int, warmup: int = 1) -> dict:
     keys = list(fns)
     for r in range(repeats):
         for k in (keys if r % 2 == 0 else keys[::-1]):
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[k]()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
     return times
 
 

@@ -85,6 +85,13 @@ def while_loops(fn, *args) -> int:
                 total += eqn.params["hinted"] != 1
             if eqn.primitive.name == "lsqdiff_min_norm_pair":
                 total += 1 if eqn.params["transposed"] else 2
+            # The undamped tangent: y's solve, then the pair (or A^+ alone without
+            # a residual term); its transpose: b_bar's solve, g's, y's.
+            p = eqn.params
+            if eqn.primitive.name == "lsqdiff_min_norm_tangent":
+                total += (p["hinted"] != 1) + (2 if p["has_s"] else 1)
+            if eqn.primitive.name == "lsqdiff_min_norm_adjoint":
+                total += 1 + p["with_g"] + (p["with_y"] and p["hinted"] != 1)
             stack = list(eqn.params.values())
             while stack:
                 v = stack.pop()

@@ -426,3 +426,28 @@ def test_grad_of_grad(shape, options):
     got = jax.jit(jax.grad(jax.grad(lambda s: f(s, ours))))(1.3)
     want = jax.grad(jax.grad(lambda s: f(s, ref)))(1.3)
     assert_close(np.asarray(got), np.asarray(want), 1e-8, 1e-12, "d2L/ds2")
+
+
+def test_jvp_of_grad_rank_deficient_row_space_cotangent():
+    """Loss ``|x|^2 / 2`` from a cold start at a rank-deficient A: its cotangent
+    ``x`` lies in the row space, so the gradient's ``y w^H`` term vanishes and the
+    transposed tangent rule skips the solve for y; that term's derivative does
+    not vanish there (the null-space projector moves with A), and the
+    Hessian-vector products keep it."""
+    A, b, _, _, _ = problem("rank-deficient-x0")
+    U, sv, Vh = np.linalg.svd(A)
+    args = tuple(jnp.asarray(a) for a in (U[:, :3] * sv[:3], Vh[:3].T, b))
+    tangents = directions(args, seed=7)
+
+    def loss(solution):
+        def f(L, R, b):
+            return 0.5 * jnp.sum(factored(solution)(L, R, b, None, 0.0, False) ** 2)
+
+        return f
+
+    def hvp(f):
+        return jax.jit(lambda *a: jax.jvp(jax.grad(f, argnums=(0, 1, 2)), a, tangents)[1])
+
+    got, want = hvp(loss(lsmr_x))(*args), hvp(loss(reference_x))(*args)
+    for name, g, w in zip(["L", "R", "b"], got, want):
+        assert_close(np.asarray(g), np.asarray(w), 1e-7, 1e-10, name)

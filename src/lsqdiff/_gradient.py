@@ -229,6 +229,22 @@ def _is_false(flag: Any) -> bool:
     return isinstance(flag, bool) and not flag
 
 
+def _or(a: Any, b: Any, xp: Any) -> Any:
+    """``a or b`` for flags that are Python bools or boolean arrays."""
+    if a is True or b is True:
+        return True
+    if isinstance(a, bool) and isinstance(b, bool):
+        return False
+    return b if a is False else a if b is False else xp.logical_or(a, b)
+
+
+def _where(flag: Any, a: Array, b: Array, xp: Any) -> Array:
+    """``a`` where ``flag`` holds, else ``b``."""
+    if isinstance(flag, bool):
+        return a if flag else b
+    return xp.where(flag, a, b)
+
+
 def _zero_where(flag: Any, a: Array, xp: Any) -> Array:
     """``a`` with the columns where ``flag`` holds set to zero."""
     if isinstance(flag, bool):
@@ -339,19 +355,55 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
                              atol=atol, btol=btol)
         return p, _complete(ok, g, lambda s: lsmr_on(A, s, **settings), p, xp)
 
-    # y from the forward solve's dual (`forward_dual`) where it passed its check.
-    # A traced backend takes it as the value of the solve for y, which it
-    # differentiates by that solve's own rule (a y read off the forward loop
-    # would drop out of second derivatives); that solve runs only where the
-    # check failed.
+    def tangent_adjoint(A: Operator, c: Array, d_: Array, hint_: Any, r_zero_: Any,
+                        with_g: bool, with_y: bool
+                        ) -> tuple[Array, Array | None, Array | None, Array]:
+        # The tangent rule transposed: (A^+H c, A^+ A^+H c, A^+H d, (I - A^+ A) c)
+        # from one solve with A^H. g is its dual where `dual_pinv` accepts it, zero
+        # where the forward's residual is negligible (``r_zero_``: its term r g^H
+        # is dropped), else a solve; y = A^+H d is solved for only in the columns
+        # where the projection w of c onto null(A) is not negligible (its term
+        # y w^H vanishes elsewhere) and the forward's dual gave nothing.
+        AH_ = Operator((n, m), A.rmatvec, A.matvec)
+        g = None
+        if with_g:
+            p, z, stop = lsmr_on(AH_, c, dual=True, stop=True, **settings)
+            w_ = c - A.rmatvec(p)
+            g, g_ok, w_zero = dual_pinv(z, w_, stop, xp, target=p, adjoint=A.matvec,
+                                        atol=atol, btol=btol)
+            known = xp.zeros_like(c) if g is None else _where(g_ok, g, xp.zeros_like(g), xp)
+            g = _complete(_or(g_ok, r_zero_, xp), known, lambda s_: lsmr_on(A, s_, **settings),
+                          p, xp)
+        else:
+            p, stop = lsmr_on(AH_, c, stop=True, **settings)
+            w_ = c - A.rmatvec(p)
+            w_zero = stopped_by(stop[0], CONSISTENT)
+        y_ = None
+        if with_y:
+            value, ok = (None, False) if hint_ is None else hint_
+            zeros = xp.zeros((m,) + tuple(d_.shape[1:]), dtype=d_.dtype, device=aac.device(d_))
+            known = zeros if value is None else _where(ok, value, zeros, xp)
+            y_ = _complete(_or(ok, w_zero, xp), known, lambda s_: lsmr_on(AH_, s_, **settings),
+                           d_, xp)
+        return p, g, y_, _zero_where(w_zero, w_, xp)
+
+    # y from the forward solve's dual (`forward_dual`) where it passed its check,
+    # as the value of the solve for y (its hint), which a traced backend
+    # differentiates by that solve's own rule (a y read off the forward loop would
+    # drop out of second derivatives); that solve runs only where the check failed.
     y_fwd, y_ok, r_zero = _from_forward(y, assume_full_rank and m < n)
-    y = y_fwd if y_ok is True and not backend.traced else None
-    if y is None and (dA is not None or ddamp is not None):
-        hint = None
-        if y_fwd is not None and backend.traced:
-            ok = y_ok if y_ok is True else xp.broadcast_to(y_ok, tuple(d.shape[1:]))
-            hint = (y_fwd, ok)
-        y = pinv_h(d, hint)
+    hint = None
+    if y_fwd is not None and not _is_false(y_ok):
+        hint = (y_fwd, y_ok if y_ok is True else xp.broadcast_to(y_ok, tuple(d.shape[1:])))
+    if dA is not None and ddamp is None:
+        # x' = A^+ (q0 - A w + A^+H s) + w with w = A'^H y + x0': JAX transposes it
+        # by `tangent_adjoint`, which needs y only where the cotangent says so.
+        q0 = _sum([db, -dA.matvec(x)])
+        s = None if r_zero is True else dA.rmatvec(b - op.matvec(x))
+        return backend.min_norm_tangent(op, d, hint, q0, s, dA.rmatvec, dx0, solve,
+                                        pinv_pair_adjoint, tangent_adjoint,
+                                        None if s is None else r_zero)
+    y = None if dA is None and ddamp is None else pinv_h(d, hint)
     w = _sum([None if dA is None else dA.rmatvec(y), dx0])
     terms = [db, None if dA is None else -dA.matvec(x), None if w is None else -op.matvec(w)]
     if ddamp is not None:

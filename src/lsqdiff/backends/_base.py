@@ -141,6 +141,8 @@ class Backend:
         # where ``ok`` holds; those get a zero right-hand side, on which LSMR stops
         # before its first iteration.
         value, ok = hint
+        if ok is True:
+            return value
         xp = self.xp
         return xp.where(ok, value, solve(B, xp.where(ok, xp.zeros_like(rhs), rhs)))
 
@@ -150,6 +152,27 @@ class Backend:
         ``(A^+H c, A^+ A^+H c)`` from one solve: a framework that transposes the
         tangent rule (JAX) registers it as the transpose."""
         return self.min_norm_solve(op, q + self.min_norm_solve(op, s, True, solve), False, solve)
+
+    def min_norm_tangent(self, op: Operator, d: Any, hint: tuple[Any, Any] | None, q0: Any,
+                         s: Any, w_of: Callable[[Any], Any], dx0: Any,
+                         solve: Callable[[Operator, Any], Any],
+                         pair_adjoint: Callable[[Operator, Any], tuple[Any, Any]],
+                         adjoint: Callable[..., tuple[Any, Any, Any, Any]],
+                         r_zero: Any = None) -> Any:
+        """The undamped tangent ``x' = A^+ (q0 - A w + A^+H s) + w`` with
+        ``w = w_of(y) + dx0`` and ``y = A^+H d`` (``hint`` as for `min_norm_solve`;
+        ``s``, ``dx0`` None for zero). ``adjoint(A, c, d, hint, r_zero, with_g,
+        with_y)`` returns ``(A^+H c, A^+ A^+H c, y, (I - A^+ A) c)``, the second
+        zero where ``r_zero`` (the residual behind ``s`` is negligible) and ``y``
+        solved for only where the last is not negligible: a framework that
+        transposes the tangent rule (JAX) registers it as the transpose, so that
+        ``g`` and ``y`` are solved for only where the cotangent needs them."""
+        y = self.min_norm_solve(op, d, True, solve, hint)
+        w = w_of(y) if dx0 is None else w_of(y) + dx0
+        q = q0 - op.matvec(w)
+        if s is None:
+            return self.min_norm_solve(op, q, False, solve) + w
+        return self.min_norm_pair(op, q, s, solve, pair_adjoint) + w
 
     def select(self, pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
         """``if_true()`` where the 0-d boolean ``pred`` holds, else ``if_false()``;

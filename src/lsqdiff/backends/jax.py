@@ -3,10 +3,12 @@
 `lsqdiff._gradient.pushforward`. Its solves with a true inverse (damped, or
 ``assume_full_rank`` tall) are ``lax.custom_linear_solve`` calls; its
 pseudo-inverse solves are a primitive of this module, ``lsqdiff_min_norm_solve``,
-with the pseudo-inverse's own derivative, transpose and batching rules. So JAX
-transposes the tangent into the gradient (``jax.grad``, ``jax.vjp``) with the
-solves of `lsqdiff._gradient.pullback`, and differentiates it again into exact
-second derivatives; the loops themselves are never differentiated in reverse."""
+with the pseudo-inverse's own derivative, transpose and batching rules, and the
+undamped rule as a whole is ``lsqdiff_min_norm_tangent``, whose transpose solves
+for ``y`` only where the cotangent needs it. So JAX transposes the tangent into
+the gradient (``jax.grad``, ``jax.vjp``) with the solves of
+`lsqdiff._gradient.pullback`, and differentiates it again into exact second
+derivatives; the loops themselves are never differentiated in reverse."""
 
 from __future__ import annotations
 
@@ -175,6 +177,15 @@ class JaxBackend(Backend):
 
     def constant(self, a: Any) -> Any:
         return jax.lax.stop_gradient(a)
+
+    def min_norm_tangent(self, op: Operator, d: Any, hint: tuple[Any, Any] | None, q0: Any,
+                         s: Any, w_of: MatVec, dx0: Any, solve: Callable[[Operator, Any], Any],
+                         pair_adjoint: Callable[[Operator, Any], tuple[Any, Any]],
+                         adjoint: Callable[..., tuple[Any, Any, Any, Any]],
+                         r_zero: Any = None) -> Any:
+        # A primitive whose transpose solves for y only where the cotangent needs it.
+        return _min_norm_tangent(op, d, hint, q0, s, w_of, dx0, solve, pair_adjoint, adjoint,
+                                 r_zero)
 
     def select(self, pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
         return jax.lax.cond(pred, if_true, if_false)
@@ -642,3 +653,274 @@ def _pair_batch(args: Any, dims: Any, *, spec: _MinNormSpec, transposed: bool) -
 
 _pair_p = _primitive("lsqdiff_min_norm_pair", _pair_impl, _pair_abstract, _pair_jvp,
                      _pair_transpose, _pair_batch, multiple_results=True)
+
+
+# --------------------------------------------------------------------------- #
+# The undamped tangent: x' = A^+ (q0 - A w + A^+H s) + w, w = A'^H y + x0'
+# --------------------------------------------------------------------------- #
+# y = A^+H (x - x0) is a primal value of the tangent rule: bound as a solve of
+# its own, JAX would compute it on the forward pass, before the cotangent says
+# whether its term y w^H of the gradient vanishes (w = (I - A^+ A) x_bar, zero
+# for x_bar in the row space: any x_bar when A has full column rank). As one
+# primitive, the rule's transpose solves for y only where w is not negligible
+# (`_tangent_transpose`). Its value, derivative and batching are those of the
+# composition of the single and pair primitives, so forward mode and second
+# derivatives stay exact; its transpose is a primitive of its own whose
+# derivative is again the composition's.
+
+@dataclass(frozen=True, eq=False)  # compared by identity, as `_MinNormSpec`
+class _TangentSpec:
+    """``w_of(y) = A'^H y`` as a jaxpr over the arrays it closes over (A's and
+    its tangent's: operands of the primitive, linear in the tangent's), and
+    ``adjoint(A, c, d, hint, r_zero, with_g, with_y)`` (`lsqdiff._gradient.pushforward`'s
+    ``tangent_adjoint``)."""
+
+    w_of: Jaxpr
+    adjoint: Callable[..., tuple[Any, Any, Any, Any]]
+
+
+def _min_norm_tangent(op: Operator, d: Any, hint: tuple[Any, Any] | None, q0: Any, s: Any,
+                      w_of: MatVec, dx0: Any, solve: Callable[[Operator, Any], Any],
+                      pair_adjoint: Callable[[Operator, Any], tuple[Any, Any]],
+                      adjoint: Callable[..., tuple[Any, Any, Any, Any]],
+                      r_zero: Any = None) -> Any:
+    """`Backend.min_norm_tangent` as the primitive ``lsqdiff_min_norm_tangent``;
+    ``r_zero`` (a boolean per column, or None) its operand after the hint's."""
+    spec, consts = _min_norm_spec(op.matvec, op.rmatvec, op.shape, d.dtype, None, solve,
+                                  pair_adjoint)
+    m = op.shape[0]
+    w = jax.make_jaxpr(w_of)(jax.ShapeDtypeStruct((m,) + tuple(d.shape[1:]), d.dtype))
+    tspec = _TangentSpec(w.jaxpr, adjoint)
+    extra = () if hint is None else hint[:1] if hint[1] is True else tuple(hint)
+    flags = _flags(r_zero)
+    operands = ([*consts, d, *extra, *flags, q0] + ([] if s is None else [s]) + list(w.consts)
+                + ([] if dx0 is None else [dx0]))
+    return _tangent_p.bind(*operands, spec=spec, tspec=tspec, n_consts=len(consts),
+                           hinted=len(extra), has_rz=len(flags), has_s=s is not None,
+                           n_w=len(w.consts), has_dx0=dx0 is not None)
+
+
+def _flags(r_zero: Any) -> tuple[Any, ...]:
+    """``r_zero`` as the primitives' operands: none for a Python bool (False:
+    no column is known negligible; True never comes, ``s`` is then None)."""
+    return () if r_zero is None or isinstance(r_zero, bool) else (r_zero,)
+
+
+def _tangent_parts(args: Any, n_consts: int, hinted: int, has_rz: int, has_s: bool, n_w: int,
+                   has_dx0: bool) -> tuple[Any, ...]:
+    """The operands as ``(consts, d, hint, r_zero, q0, s, w_consts, dx0)`` (None:
+    absent)."""
+    consts, d = tuple(args[:n_consts]), args[n_consts]
+    i = n_consts + 1
+    hint = (None if not hinted else (args[i], True) if hinted == 1
+            else (args[i], args[i + 1]))
+    i += hinted
+    r_zero = args[i] if has_rz else None
+    i += has_rz
+    q0, s = args[i], args[i + 1] if has_s else None
+    i += 1 + has_s
+    return (consts, d, hint, r_zero, q0, s, tuple(args[i:i + n_w]),
+            args[i + n_w] if has_dx0 else None)
+
+
+def _w_apply(tspec: _TangentSpec, w_consts: Any, y: Any) -> Any:
+    return jaxpr_as_fun(ClosedJaxpr(tspec.w_of, list(w_consts)))(y)[0]
+
+
+def _tangent_composed(spec: _MinNormSpec, tspec: _TangentSpec, consts: Any, d: Any,
+                      hint: Any, r_zero: Any, q0: Any, s: Any, w_consts: Any, dx0: Any) -> Any:
+    """The tangent through the single and pair primitives (y solved for first;
+    every term kept)."""
+    y = _min_norm(spec, consts, d, True, hint)
+    w = _w_apply(tspec, w_consts, y)
+    w = w if dx0 is None else w + dx0
+    q = q0 - _product(spec, consts, "matvec", w)
+    if s is None:
+        return _min_norm(spec, consts, q, False) + w
+    return _pair(spec, consts, (q, s), False)[0] + w
+
+
+def _tangent_impl(*args: Any, spec: _MinNormSpec, tspec: _TangentSpec, **sizes: Any) -> Any:
+    return _tangent_composed(spec, tspec, *_tangent_parts(args, **sizes))
+
+
+def _tangent_abstract(*args: Any, spec: _MinNormSpec, tspec: _TangentSpec,
+                      **sizes: Any) -> Any:
+    q0 = _tangent_parts(args, **sizes)[4]
+    return jax.core.ShapedArray((spec.shape[1],) + tuple(q0.shape[1:]), q0.dtype)
+
+
+def _without_hint(f: Callable[..., Any], args: Any, n_consts: int, hinted: int,
+                  ) -> tuple[Callable[..., Any], list[int]]:
+    """``f`` of the operands other than the ``hinted`` after ``d`` (the hint's and
+    ``r_zero``, which are never differentiated: the value of y is known there, its
+    derivative is the solve's), and their indices."""
+    keep = [i for i in range(len(args)) if not n_consts < i <= n_consts + hinted]
+
+    def g(*kept: Any) -> Any:
+        full = list(args)
+        for i, a in zip(keep, kept):
+            full[i] = a
+        return f(*full)
+
+    return g, keep
+
+
+def _tangent_jvp(primals: Any, tangents: Any, *, spec: _MinNormSpec, tspec: _TangentSpec,
+                 **sizes: Any) -> Any:
+    f, keep = _without_hint(lambda *a: _tangent_impl(*a, spec=spec, tspec=tspec, **sizes),
+                            primals, sizes["n_consts"], sizes["hinted"] + sizes["has_rz"])
+    return jax.jvp(f, tuple(primals[i] for i in keep),
+                   tuple(ad.instantiate_zeros(tangents[i]) for i in keep))
+
+
+def _tangent_transpose(ct: Any, *args: Any, spec: _MinNormSpec, tspec: _TangentSpec,
+                       **sizes: Any) -> list[Any]:
+    # Unconjugated, as the other rules: (A^+)^T c = conj(A^+H conj(c)), and the
+    # projector I - A^+ A is Hermitian.
+    consts, d, hint, r_zero, q0, s, w_consts, dx0 = _tangent_parts(args, **sizes)
+    fixed = sizes["n_consts"] + 1 + sizes["hinted"] + sizes["has_rz"]
+    _linear_only(args, fixed)
+    undefined = [ad.is_undefined_primal(a) for a in args]
+    if type(ct) is ad.Zero:
+        return [ad.Zero(a.aval) if u else None for a, u in zip(args, undefined)]
+    lin_w = [ad.is_undefined_primal(a) for a in w_consts]
+    with_g = s is not None and ad.is_undefined_primal(s)
+    with_y = any(lin_w)
+    outs = _adjoint(spec, tspec, consts, d, hint, r_zero, jnp.conj(ct), with_g, with_y)
+    b_bar, outs = jnp.conj(outs[0]), outs[1:]
+    g_bar = None
+    if with_g:
+        g_bar, outs = jnp.conj(outs[0]), outs[1:]
+    y, w_bar = (outs[0], jnp.conj(outs[1])) if with_y else (None, jnp.conj(outs[0]))
+    w_cts: list[Any] = [None] * len(w_consts)
+    if with_y:
+        lin = [i for i, u in enumerate(lin_w) if u]
+
+        def w_of(*vals: Any) -> Any:
+            full = list(w_consts)
+            for i, v in zip(lin, vals):
+                full[i] = v
+            return _w_apply(tspec, full, y)
+
+        zeros = [jnp.zeros(w_consts[i].aval.shape, w_consts[i].aval.dtype) for i in lin]
+        for i, c in zip(lin, jax.vjp(w_of, *zeros)[1](w_bar.astype(y.dtype))):
+            w_cts[i] = c
+    return ([None] * fixed + [b_bar if ad.is_undefined_primal(q0) else None]
+            + ([] if s is None else [g_bar]) + w_cts
+            + ([] if dx0 is None else [w_bar if ad.is_undefined_primal(dx0) else None]))
+
+
+def _tangent_batch(args: Any, dims: Any, *, spec: _MinNormSpec, tspec: _TangentSpec,
+                   **sizes: Any) -> Any:
+    out = jax.vmap(lambda *a: _tangent_impl(*a, spec=spec, tspec=tspec, **sizes),
+                   in_axes=tuple(dims))(*args)
+    return out, 0
+
+
+_tangent_p = _primitive("lsqdiff_min_norm_tangent", _tangent_impl, _tangent_abstract,
+                        _tangent_jvp, _tangent_transpose, _tangent_batch)
+
+
+# The transposed tangent: c -> (A^+H c, A^+ A^+H c, A^+H d, (I - A^+ A) c), the
+# first from one solve with A^H, the second from its dual where that holds, y
+# only where the last is not negligible (else zero there, and the last zero).
+
+def _adjoint(spec: _MinNormSpec, tspec: _TangentSpec, consts: Any, d: Any, hint: Any,
+             r_zero: Any, c: Any, with_g: bool, with_y: bool) -> list[Any]:
+    """``[b_bar] + [g] (with_g) + [y] (with_y) + [w]`` for the cotangent ``c``."""
+    extra = () if hint is None else hint[:1] if hint[1] is True else tuple(hint)
+    flags = _flags(r_zero)
+    return _adjoint_p.bind(*consts, d, *extra, *flags, c, spec=spec, tspec=tspec,
+                           hinted=len(extra), has_rz=len(flags), with_g=with_g, with_y=with_y)
+
+
+def _adjoint_parts(args: Any, hinted: int, has_rz: int) -> tuple[Any, Any, Any, Any, Any]:
+    """The operands as ``(consts, d, hint, r_zero, c)``."""
+    k = 2 + hinted + has_rz
+    consts, rest = args[:-k], args[-k:]
+    hint = None if not hinted else (rest[1], True) if hinted == 1 else (rest[1], rest[2])
+    return tuple(consts), rest[0], hint, rest[-2] if has_rz else None, rest[-1]
+
+
+def _adjoint_impl(*args: Any, spec: _MinNormSpec, tspec: _TangentSpec, hinted: int,
+                  has_rz: int, with_g: bool, with_y: bool) -> list[Any]:
+    consts, d, hint, r_zero, c = _adjoint_parts(args, hinted, has_rz)
+    b, g, y, w = tspec.adjoint(_operator(spec, consts, False), c, d, hint,
+                               False if r_zero is None else r_zero, with_g, with_y)
+    return ([b.astype(c.dtype)] + ([g.astype(c.dtype)] if with_g else [])
+            + ([y.astype(d.dtype)] if with_y else []) + [w.astype(c.dtype)])
+
+
+def _adjoint_composed(spec: _MinNormSpec, consts: Any, d: Any, hint: Any, c: Any,
+                      with_g: bool, with_y: bool) -> list[Any]:
+    """Its value through the single and pair primitives, ``w`` not dropped."""
+    if with_g:
+        b, g = _pair(spec, consts, (c,), True)
+    else:
+        b, g = _min_norm(spec, consts, c, True), None
+    w = c - _product(spec, consts, "rmatvec", b)
+    return ([b] + ([g] if with_g else [])
+            + ([_min_norm(spec, consts, d, True, hint)] if with_y else []) + [w])
+
+
+def _adjoint_abstract(*args: Any, spec: _MinNormSpec, tspec: _TangentSpec, hinted: int,
+                      has_rz: int, with_g: bool, with_y: bool) -> list[Any]:
+    _, d, _, _, c = _adjoint_parts(args, hinted, has_rz)
+    m, n = spec.shape
+    tail = tuple(c.shape[1:])
+    return ([jax.core.ShapedArray((m,) + tail, c.dtype)]
+            + ([jax.core.ShapedArray((n,) + tail, c.dtype)] if with_g else [])
+            + ([jax.core.ShapedArray((m,) + tuple(d.shape[1:]), d.dtype)] if with_y else [])
+            + [jax.core.ShapedArray((n,) + tail, c.dtype)])
+
+
+def _adjoint_jvp(primals: Any, tangents: Any, *, spec: _MinNormSpec, tspec: _TangentSpec,
+                 hinted: int, has_rz: int, with_g: bool, with_y: bool) -> Any:
+    # The derivative of every term, also of those the value dropped as negligible
+    # (their derivatives need not be: second derivatives at a rank-deficient A).
+    n_consts = len(primals) - 2 - hinted - has_rz
+
+    def f(*a: Any) -> Any:
+        consts, d, hint, _, c = _adjoint_parts(a, hinted, has_rz)
+        return tuple(_adjoint_composed(spec, consts, d, hint, c, with_g, with_y))
+
+    g, keep = _without_hint(f, primals, n_consts, hinted + has_rz)
+    out, out_dot = jax.jvp(g, tuple(primals[i] for i in keep),
+                           tuple(ad.instantiate_zeros(tangents[i]) for i in keep))
+    return list(out), list(out_dot)
+
+
+def _adjoint_transpose(cts: Any, *args: Any, **params: Any) -> list[Any]:
+    raise NotImplementedError("lsqdiff: internal error: the transposed tangent was transposed")
+
+
+def _adjoint_batch(args: Any, dims: Any, *, spec: _MinNormSpec, tspec: _TangentSpec,
+                   hinted: int, has_rz: int, with_g: bool, with_y: bool) -> Any:
+    """As `_min_norm_batch`: the mapped columns of ``d``, the hint and ``c`` become
+    columns of the primitive itself (each keeps its own decision on y), so that
+    a derivative taken outside the map still meets this primitive's rule (a
+    vmapped evaluation would differentiate the loops)."""
+    n_consts = len(args) - 2 - hinted - has_rz
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    d, c = (_to_last(args[i], dims[i], size) for i in (n_consts, len(args) - 1))
+    r_zero = (None if not has_rz
+              else _to_last(args[-2], dims[-2], size).reshape(-1))
+    cols = c.shape[1:-1]
+    hint = None
+    if hinted:
+        value = _to_last(args[n_consts + 1], dims[n_consts + 1], size)
+        ok = (True if hinted == 1
+              else _to_last(args[n_consts + 2], dims[n_consts + 2], size).reshape(-1))
+        hint = (value.reshape(value.shape[0], -1), ok)
+    width = c.reshape(c.shape[0], -1).shape[1]
+    bspec, bconsts = _batched_spec(spec, args[:n_consts], dims[:n_consts], size, c.dtype, width)
+    outs = _adjoint(bspec, tspec, bconsts, d.reshape(d.shape[0], -1), hint, r_zero,
+                    c.reshape(c.shape[0], -1), with_g, with_y)
+    outs = [o.reshape((o.shape[0],) + cols + (size,)) for o in outs]
+    return outs, [o.ndim - 1 for o in outs]
+
+
+_adjoint_p = _primitive("lsqdiff_min_norm_adjoint", _adjoint_impl, _adjoint_abstract,
+                        _adjoint_jvp, _adjoint_transpose, _adjoint_batch,
+                        multiple_results=True)
