@@ -86,7 +86,7 @@ class GradualMask:
     >>> _ = torch.manual_seed(0)
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> mask = GradualMask(model)
-    >>> mask.grow(model, 0.5)
+    >>> mask.grow(dict(model.named_parameters()), 0.5)
     24
     >>> round(mask.sparsity(), 3), mask.constraint(dict(model.named_parameters())).shape
     (0.5, torch.Size([24]))
@@ -111,15 +111,14 @@ class GradualMask:
         """Share of the pruned weights held at zero."""
         return self.count() / self.total
 
-    def grow(self, model: Any, sparsity: float) -> int:
-        """Add the smallest-magnitude free weights (over all layers at once) until
-        ``sparsity`` of them are held; weights already held stay held. Returns
-        the number held."""
+    def grow(self, params: dict, sparsity: float) -> int:
+        """Add the smallest-magnitude free weights of ``params`` (name -> tensor;
+        over all layers at once) until ``sparsity`` of them are held; weights
+        already held stay held. Returns the number held."""
         import torch
 
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must lie in [0, 1), got {sparsity!r}")
-        params = dict(model.named_parameters())
         target = round(sparsity * self.total)
         if target <= self.count():
             return self.count()
@@ -148,18 +147,16 @@ class GradualMask:
 
         return torch.cat([(params[n] * self.masks[n]).reshape(-1) for n in self.names])
 
-    def zero_(self, model: Any) -> None:
-        """Set the held weights of ``model`` to exactly 0 (in place)."""
+    def zero_(self, params: dict) -> None:
+        """Set the held weights of ``params`` (name -> tensor) to exactly 0, in place."""
         import torch
 
-        params = dict(model.named_parameters())
         with torch.no_grad():
             for n in self.names:
                 params[n].masked_fill_(self.masks[n], 0.0)
 
-    def max_abs(self, model: Any) -> float:
-        """Largest ``|w|`` among the held weights (0 when none is held)."""
-        params = dict(model.named_parameters())
+    def max_abs(self, params: dict) -> float:
+        """Largest ``|w|`` among the held weights of ``params`` (0 when none is held)."""
         return max((float(params[n].detach()[self.masks[n]].abs().max()) for n in self.names
                     if bool(self.masks[n].any())), default=0.0)
 
