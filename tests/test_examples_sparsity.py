@@ -102,7 +102,7 @@ def test_held_weights_zero_after_every_step(dtype):
             if method == "prune":
                 assert bool((held == 0).all())
             else:
-                assert float(held.abs().max(initial=0.0)) <= 8 * eps * scale
+                assert held.numel() == 0 or float(held.abs().max()) <= 8 * eps * scale
         assert trainer.mask.sparsity() == pytest.approx(0.9, abs=1e-3)
         if method == "nullspace":
             assert all(info.converged for info in trainer.infos)
@@ -118,7 +118,7 @@ def test_l1_budget_constraint():
     assert torch.allclose(budget.constraint(params), torch.zeros(3, dtype=torch.float64))
     budget.set_progress(1.0)
     assert torch.allclose(budget.constraint(params), torch.ones(3, dtype=torch.float64))
-    assert float(budget.penalty(params)) == pytest.approx(3.0)
+    assert float(budget.penalty(params).detach()) == pytest.approx(3.0)
     with pytest.raises(ValueError, match="final_ratio"):
         L1Budget(model, final_ratio=0.0)
 
@@ -148,15 +148,21 @@ def test_small_run_baselines():
 
 def test_cli_writes_only_to_out(tmp_path, monkeypatch):
     """Plots go to --out, and by default to a new temporary folder: never the
-    working directory."""
+    working directory. (The figure itself is stubbed: matplotlib is optional.)"""
     pytest.importorskip("sklearn")
-    pytest.importorskip("matplotlib")
     from lsqdiff.examples import sparsity
 
+    def fake_plot(result, path):
+        with open(path, "w") as f:
+            f.write("png")
+        return path
+
+    monkeypatch.setattr(sparsity, "_can_plot", lambda: True)
+    monkeypatch.setattr(sparsity, "_plot", fake_plot)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    r = sparsity.main(["--small", "--methods", "dense", "--out", str(tmp_path / "figs")])
+    sparsity.main(["--small", "--methods", "dense", "--out", str(tmp_path / "figs")])
     assert os.listdir(tmp_path / "figs") == ["sparsity_digits.png"]
     r = sparsity.main(["--small", "--methods", "dense"])
     assert os.path.isfile(r["plot"]) and not os.listdir(cwd)

@@ -9,6 +9,7 @@ The weights concerned are those of every ``nn.Linear`` and ``nn.Conv*`` layer
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -136,9 +137,8 @@ class GradualMask:
     def constraint(self, params: dict) -> Any:
         """``c(theta)``: the held weights, one flat vector (the null-space method's
         constraint ``c = 0``; ``k`` = `count`)."""
-        import torch
-
-        return torch.cat([params[n][self.masks[n]] for n in self.names])
+        masks = [self.masks[n] for n in self.names]
+        return _held_weights().apply(masks, *(params[n] for n in self.names))
 
     def violation(self, params: dict) -> Any:
         """The held weights in place, the free ones as 0: a vector of fixed length
@@ -159,6 +159,37 @@ class GradualMask:
         """Largest ``|w|`` among the held weights of ``params`` (0 when none is held)."""
         return max((float(params[n].detach()[self.masks[n]].abs().max()) for n in self.names
                     if bool(self.masks[n].any())), default=0.0)
+
+
+@functools.cache
+def _held_weights() -> Any:
+    """``(masks, *weights) -> cat(w[mask] for each)`` with a cheap ``J^T u`` and
+    ``J v``.
+
+    The same vector as ``torch.cat([w[m] for ...])``, but autograd's own
+    derivatives of that are slow at scale: boolean indexing's backward is an
+    accumulating ``index_put`` (it sorts the indices), and the second
+    derivative of ``cat`` (what `lsqdiff.nullspace` uses for ``J v``) builds
+    a zero vector of length ``k`` per layer. Here the backward is one
+    ``split`` and a ``masked_scatter`` per layer, both differentiable, and
+    their derivatives are ``masked_select`` and one ``cat``: ``O(N + k)``.
+    """
+    import torch
+
+    class HeldWeights(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, masks: list, *weights: Any) -> Any:
+            ctx.masks = masks
+            ctx.sizes = [int(m.sum()) for m in masks]
+            return torch.cat([torch.masked_select(w, m) for w, m in zip(weights, masks)])
+
+        @staticmethod
+        def backward(ctx: Any, g: Any) -> Any:
+            pieces = torch.split(g, ctx.sizes)
+            return (None, *(torch.zeros(m.shape, dtype=g.dtype, device=g.device)
+                            .masked_scatter(m, piece) for m, piece in zip(ctx.masks, pieces)))
+
+    return HeldWeights
 
 
 class L1Budget:

@@ -31,6 +31,7 @@ Plots go to ``--out`` (default: a new temporary folder, printed).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -530,6 +531,10 @@ def describe_vit(result: dict) -> str:
     return head + "\n".join(rows)
 
 
+def _can_plot() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Command line: ``python -m lsqdiff.examples.sparsity --help``."""
     ap = argparse.ArgumentParser(prog="python -m lsqdiff.examples.sparsity",
@@ -555,7 +560,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)  # the ViT's child processes
     out = None
-    if not args.no_plot:
+    if not args.no_plot and not _can_plot():
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+    elif not args.no_plot:
         out = args.out or tempfile.mkdtemp(prefix="lsqdiff-sparsity-")
         os.makedirs(out, exist_ok=True)
     if args.vit:
