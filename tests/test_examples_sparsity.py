@@ -168,3 +168,33 @@ def test_cli_writes_only_to_out(tmp_path, monkeypatch):
     assert os.path.isfile(r["plot"]) and not os.listdir(cwd)
     with pytest.raises(SystemExit):
         sparsity.main(["--methods", "nope"])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch.func.jvp
+def test_held_weights_derivatives():
+    """`GradualMask.constraint` has its own derivatives: they must be those of
+    ``cat(w[mask])`` in reverse, forward and reverse-over-reverse mode."""
+    model = _model(torch.float64)
+    mask = GradualMask(model)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    mask.grow(params, 0.7)
+
+    def reference(q):
+        return torch.cat([q[n][mask.masks[n]] for n in mask.names])
+
+    v = {n: torch.randn_like(p) for n, p in params.items()}
+    assert torch.equal(torch.func.jvp(mask.constraint, (params,), (v,))[1],
+                       torch.func.jvp(reference, (params,), (v,))[1])
+    c, pullback = torch.func.vjp(mask.constraint, params)
+    u = torch.randn_like(c)
+    expected = torch.func.vjp(reference, params)[1](u)[0]
+    assert all(torch.equal(pullback(u)[0][n], expected[n]) for n in params)
+    names = mask.names
+    leaves = [params[n][:2].clone().requires_grad_() for n in names]  # small: gradgradcheck
+
+    def small(*ls):
+        sub = GradualMask.__new__(GradualMask)
+        sub.names, sub.masks = names, {n: mask.masks[n][:2] for n in names}
+        return sub.constraint(dict(zip(names, ls)))
+
+    assert torch.autograd.gradgradcheck(small, leaves)

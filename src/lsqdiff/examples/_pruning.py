@@ -178,16 +178,23 @@ def _held_weights() -> Any:
 
     class HeldWeights(torch.autograd.Function):
         @staticmethod
-        def forward(ctx: Any, masks: list, *weights: Any) -> Any:
-            ctx.masks = masks
-            ctx.sizes = [int(m.sum()) for m in masks]
+        def forward(masks: list, *weights: Any) -> Any:
             return torch.cat([torch.masked_select(w, m) for w, m in zip(weights, masks)])
+
+        @staticmethod
+        def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+            ctx.masks = inputs[0]
+            ctx.sizes = [int(m.sum()) for m in inputs[0]]
 
         @staticmethod
         def backward(ctx: Any, g: Any) -> Any:
             pieces = torch.split(g, ctx.sizes)
             return (None, *(torch.zeros(m.shape, dtype=g.dtype, device=g.device)
                             .masked_scatter(m, piece) for m, piece in zip(ctx.masks, pieces)))
+
+        @staticmethod
+        def jvp(ctx: Any, _: Any, *tangents: Any) -> Any:
+            return torch.cat([torch.masked_select(t, m) for t, m in zip(tangents, ctx.masks)])
 
     return HeldWeights
 
