@@ -31,10 +31,12 @@ def _model(dtype):
                                torch.nn.Linear(16, 10)).to(dtype)
 
 
-@pytest.mark.parametrize("name", ["lsqdiff.examples._pruning", "lsqdiff.examples._vit"])
+@pytest.mark.parametrize("name", ["lsqdiff.examples._pruning", "lsqdiff.examples._vit",
+                                  "lsqdiff.examples.sparsity"])
 def test_docstring_examples(name):
-    if name.endswith("_pruning"):
-        pytest.importorskip("cooper", reason="cooper-optim runs the Cooper example")
+    pytest.importorskip("cooper", reason="cooper-optim runs the Cooper examples")
+    if name.endswith("sparsity"):
+        pytest.importorskip("sklearn", reason="the digits")
     result = doctest.testmod(importlib.import_module(name),
                              optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

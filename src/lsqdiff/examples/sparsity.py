@@ -115,6 +115,23 @@ class Trainer:
         Adam's learning rate.
     maxiter : int, optional
         LSMR cap of the null-space methods.
+
+    Examples
+    --------
+    Hold half of a small network's weights at zero from step 2 on:
+
+    >>> import torch
+    >>> from lsqdiff.examples.sparsity import Trainer
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    >>> trainer = Trainer("nullspace", model, {2: 0.5}, lr=1e-2)
+    >>> x, y = torch.rand(32, 1, 8, 8), torch.randint(10, (32,))
+    >>> for _ in range(4):
+    ...     _ = trainer.step(x, y)
+    >>> trainer.mask.sparsity(), trainer.residual() < 1e-8
+    (0.5, True)
+    >>> trainer.finish(); trainer.residual()
+    0.0
     """
 
     def __init__(self, method: str, model: Any, plan: dict, lr: float, maxiter: int = MAXITER):
@@ -221,7 +238,6 @@ class Trainer:
         if self.method == "prune" and self.mask.count():
             for n in self.mask.names:
                 prune.remove(dict(self.model.named_modules())[n.rsplit(".", 1)[0]], "weight")
-            self.params = dict(self.model.named_parameters())
         self.mask.grow(self.weights(), FINAL)
         self.mask.zero_(self.weights())
 
@@ -233,7 +249,7 @@ def _accuracy(model: Any, x: Any, y: Any) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def train(method: str, cfg: dict, data: tuple, seed: int) -> dict:
+def _train(method: str, cfg: dict, data: tuple, seed: int) -> dict:
     """Train the digits CNN one way; return its figures (see `run`)."""
     import torch
 
@@ -288,6 +304,15 @@ def run(size: str = "full", seeds: int | None = None, methods: Sequence[str] | N
         ``sparsity``, ``ms_per_step``, ``lsmr_iterations`` (mean per step) and
         ``trace`` (step, loss, residual, sparsity); ``result["summary"]``
         the mean and std of each figure; ``result["settings"]``.
+
+    Examples
+    --------
+    >>> from lsqdiff.examples import sparsity
+    >>> r = sparsity.run(size="small", methods=["prune"])
+    >>> round(r["runs"]["prune"][0]["sparsity"], 3), r["runs"]["prune"][0]["residual"]
+    (0.9, 0.0)
+    >>> print(sparsity.describe(r).splitlines()[0])
+    --small: a smoke test, not results
     """
     check_size(size)
     cfg = dict(SETTINGS[size])
@@ -302,7 +327,7 @@ def run(size: str = "full", seeds: int | None = None, methods: Sequence[str] | N
     for seed in range(seeds):
         data = _digits(seed)
         for m in methods:
-            runs[m].append(train(m, cfg, data, seed))
+            runs[m].append(_train(m, cfg, data, seed))
     keys = ("test_accuracy", "trained_accuracy", "train_accuracy", "residual", "sparsity",
             "ms_per_step", "lsmr_iterations")
     summary = {m: {k: (statistics.mean(r[k] for r in rs),
@@ -345,7 +370,7 @@ def _plot(result: dict, path: str) -> str:
 
 
 def describe(result: dict) -> str:
-    """The table printed by ``python -m lsqdiff.examples.sparsity``."""
+    """The table printed by ``python -m lsqdiff.examples.sparsity`` (example: `run`)."""
     s = result["settings"]
     head = (f"sparsity ({s['size']}): CNN ({s['parameters']} parameters) on the digits, "
             f"{s['epochs']} epochs of Adam (lr {s['lr']}, batch {s['batch']}), pruning schedule "
@@ -453,6 +478,14 @@ def run_vit(steps: int = 20, batch: int = 32, seed: int = 0, lr: float = 1e-4,
         ``sparsity``, ``max_abs_held``, ``lsmr_iterations``), ``peak_rss``
         (bytes, Linux; None elsewhere), ``parameters``, ``pruned``;
         ``result["settings"]``.
+
+    Examples
+    --------
+    Minutes per step on a CPU (49.6M parameters), so not run by the tests:
+
+    >>> from lsqdiff.examples import sparsity
+    >>> r = sparsity.run_vit(steps=4, batch=8)  # doctest: +SKIP
+    >>> print(sparsity.describe_vit(r))  # doctest: +SKIP
     """
     bad = [m for m in methods if m not in VIT_METHODS]
     if bad:
@@ -499,7 +532,7 @@ def _plot_vit(result: dict, path: str) -> str:
 
 
 def describe_vit(result: dict) -> str:
-    """The table printed by ``python -m lsqdiff.examples.sparsity --vit``."""
+    """The table printed by ``python -m lsqdiff.examples.sparsity --vit`` (example: `run_vit`)."""
     s = result["settings"]
     methods = [m for m in VIT_METHODS if m in result]
     first = result[methods[0]]
