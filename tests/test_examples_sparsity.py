@@ -45,7 +45,8 @@ def test_docstring_examples(name):
 def test_schedule():
     plan = schedule(1000, final=0.9, start=0.1, end=0.6, every=25)
     steps, targets = zip(*sorted(plan.items()))
-    assert steps[0] > 100 and steps[-1] == 600 and all(b - a == 25 for a, b in zip(steps, steps[1:]))
+    assert steps[0] > 100 and steps[-1] == 600
+    assert all(b - a == 25 for a, b in zip(steps, steps[1:]))
     assert all(a < b for a, b in zip(targets, targets[1:])) and targets[-1] == pytest.approx(0.9)
     cuts = [b - a for a, b in zip((0.0,) + targets, targets)]
     assert all(a >= b for a, b in zip(cuts, cuts[1:]))  # cubic: the cuts shrink

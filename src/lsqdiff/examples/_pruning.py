@@ -125,8 +125,9 @@ class GradualMask:
             return self.count()
         with torch.no_grad():
             # Held weights score -1, below every magnitude: they are taken first.
-            scores = torch.cat([torch.where(self.masks[n], -1.0, params[n].abs().float()).reshape(-1)
-                                for n in self.names])
+            scores = torch.cat([
+                torch.where(self.masks[n], -1.0, params[n].abs().float()).reshape(-1)
+                for n in self.names])
             chosen = torch.zeros(self.total, dtype=torch.bool, device=scores.device)
             chosen[torch.topk(scores, target, largest=False, sorted=False).indices] = True
         sizes = [self.masks[n].numel() for n in self.names]
