@@ -1,11 +1,21 @@
 #!/usr/bin/env python
 """The null-space method at scale: one constrained training step on a
-50M-parameter float32 MLP against an unconstrained one (PyTorch, CPU or CUDA).
+50M-parameter float32 model against an unconstrained one and a Cooper one
+(PyTorch, CPU or CUDA).
 
     python asv_bench/nullspace_scale.py              # full figures (a few minutes on CPU)
     python asv_bench/nullspace_scale.py --quick      # width 1024: a smoke run
     python asv_bench/nullspace_scale.py --parts      # only the pieces of an LSMR iteration
     python asv_bench/nullspace_scale.py --device cuda
+    python asv_bench/nullspace_scale.py --model vit  # the ViT with the pruning constraint
+
+``--model vit``: the 49.6M-parameter vision transformer of
+``lsqdiff.examples.sparsity`` (ViT-B width, 7 blocks, patch 2 on 8x8 images;
+``--quick``: width 256, 4 blocks) on a batch of 32 random images with random
+labels (cross-entropy); constraint: the gradual-pruning one at its end, the
+90% smallest-magnitude weights of every Linear/Conv layer held at zero
+(``c = W[held]``, k = 44.6M rows, ``J J^T = I``). Everything below holds for
+either model.
 
 Model: MLP 1024 -> 4096 -> 4096 -> 4096 -> 4096 -> 32 (ReLU), 54.7M parameters.
 Unconstrained step: forward + backward of an MSE loss on a batch of 64 and one
@@ -51,8 +61,10 @@ import time
 MB = 2 ** 20
 
 
-def build(width: int, device: str, seed: int = 0) -> dict:
-    """Model, Adam, batch, collocation points and the constraint."""
+def build(width: int, device: str, seed: int = 0, model: str = "mlp") -> dict:
+    """Model, Adam, batch, loss, the constraint and Cooper's violation."""
+    if model == "vit":
+        return build_vit(width, device, seed)
     import torch
 
     torch.manual_seed(seed)
@@ -70,26 +82,58 @@ def build(width: int, device: str, seed: int = 0) -> dict:
     def constraint(params: dict):
         return (torch.func.functional_call(model, params, (x_col,)) - y_col).reshape(-1)
 
+    params = dict(model.named_parameters())
     return {"model": model, "x": x, "y": y, "constraint": constraint,
+            "loss": lambda: torch.nn.functional.mse_loss(model(x), y),
+            "violation": lambda: constraint(params), "violation_size": 32 * d_out,
             "adam": torch.optim.Adam(model.parameters(), lr=1e-4),
             "parameters": sum(p.numel() for p in model.parameters()), "k": 32 * d_out}
 
 
-def make_step(setup: dict, maxiter: int | None):
-    """One training step: unconstrained (``maxiter=None``) or constrained."""
+def build_vit(width: int, device: str, seed: int = 0) -> dict:
+    """The ViT with 90% of its Linear/Conv weights held at zero (`build`'s keys;
+    ``width`` 768 is the 49.6M model, anything else a 4-block smoke version)."""
     import torch
 
+    from lsqdiff.examples._pruning import GradualMask
+    from lsqdiff.examples._vit import VIT_50M, vit
+
+    torch.manual_seed(seed)
+    shape = VIT_50M if width == 768 else dict(dim=width, depth=4, heads=8, mlp=4 * width)
+    model = vit(**shape).to(device)
+    x = torch.rand(32, 1, 8, 8, device=device)
+    y = torch.randint(10, (32,), device=device)
+    params = dict(model.named_parameters())
+    mask = GradualMask(model)
+    mask.grow(params, 0.9)
+    mask.zero_(params)
+    return {"model": model, "x": x, "y": y, "constraint": mask.constraint,
+            "loss": lambda: torch.nn.functional.cross_entropy(model(x), y),
+            "violation": lambda: mask.violation(params), "violation_size": mask.total,
+            "adam": torch.optim.Adam(model.parameters(), lr=1e-4),
+            "parameters": sum(p.numel() for p in model.parameters()), "k": mask.count()}
+
+
+def make_step(setup: dict, maxiter: int | None, cooper: bool = False):
+    """One training step: unconstrained (``maxiter=None``), constrained, or
+    Cooper's (``cooper=True``: augmented Lagrangian on the same ``c``, with one
+    multiplier per entry of ``setup["violation"]()``, alternating updates)."""
     from lsqdiff.nullspace.torch import ConstrainedOptimizer
 
-    model, x, y = setup["model"], setup["x"], setup["y"]
+    model, loss = setup["model"], setup["loss"]
     opt = setup["adam"]
+    if cooper:
+        from lsqdiff.examples._pruning import cooper_optimizer
+
+        roll = cooper_optimizer(opt, setup["violation"], setup["violation_size"], rho=0.1)
+        return lambda: roll(loss)
     if maxiter is not None:
         opt = ConstrainedOptimizer(setup["adam"], setup["constraint"], model, gamma=0.1,
                                    maxiter=maxiter, atol=0.0, btol=0.0)
 
     def step():
         opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
+        loss().backward()
         opt.step()
         return opt
 
@@ -176,9 +220,9 @@ def iteration_times(stamps: list) -> list:
     return [b - a for a, b in zip(stamps[1:], stamps[2:])]
 
 
-def parts(width: int, device: str, reps: int) -> dict:
+def parts(width: int, device: str, reps: int, model: str = "mlp") -> dict:
     """Median seconds of the VJP, the JVP and a vector update, interleaved."""
-    setup = build(width, device)
+    setup = build(width, device, model=model)
     configs = dict(zip(("vjp", "forward+vjp"), make_vjp(setup)))
     more, lsmr_iterations = make_parts(setup)
     configs.update(more)
@@ -222,13 +266,13 @@ class IterationClock:
         self.module.linearize = self.linearize
 
 
-def timings(width: int, device: str, reps: int) -> dict:
+def timings(width: int, device: str, reps: int, model: str = "mlp") -> dict:
     """Median seconds of each configuration over ``reps`` interleaved rounds."""
-    setup = build(width, device)
+    setup = build(width, device, model=model)
     clock = IterationClock(device)
     backward, forward_backward = make_vjp(setup)
     configs = {"vjp": backward, "forward+vjp": forward_backward,
-               "unconstrained": make_step(setup, None),
+               "unconstrained": make_step(setup, None), "cooper": make_step(setup, None, True),
                "constrained20": make_step(setup, 20), "constrained50": make_step(setup, 50)}
     for fn in configs.values():  # warm-up (allocates Adam's state)
         fn()
@@ -271,15 +315,22 @@ RATIOS = {
     "(step(50) - step(20)) / 30 / VJP": ("per_iteration", "vjp"),
     "constrained step (maxiter 20) / unconstrained step": ("constrained20", "unconstrained"),
     "constrained step (maxiter 50) / unconstrained step": ("constrained50", "unconstrained"),
+    "Cooper step / unconstrained step": ("cooper", "unconstrained"),
+    "constrained step (maxiter 20) / Cooper step": ("constrained20", "cooper"),
+    "constrained step (maxiter 50) / Cooper step": ("constrained50", "cooper"),
 }
 
+#: The kinds of step whose peak memory is measured: name -> make_step's (maxiter, cooper).
+KINDS = {"unconstrained": (None, False), "cooper": (None, True), "constrained20": (20, False),
+         "constrained50": (50, False)}
 
-def memory_child(width: int, device: str, maxiter: int | None) -> dict:
-    """In a fresh process: peak memory of one step of one kind (bytes)."""
+
+def memory_child(width: int, device: str, kind: str, model: str = "mlp") -> dict:
+    """In a fresh process: peak memory of one step of one kind (a `KINDS` key; bytes)."""
     import torch
 
-    setup = build(width, device)
-    step = make_step(setup, maxiter)
+    setup = build(width, device, model=model)
+    step = make_step(setup, *KINDS[kind])
     step()  # allocates Adam's state; the measured step is the next one
     if device == "cuda":
         torch.cuda.synchronize()
@@ -303,21 +354,24 @@ def _proc_status(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory(width: int, device: str, maxiter: int | None) -> dict:
+def memory(width: int, device: str, kind: str, model: str = "mlp") -> dict:
     """`memory_child` in a fresh Python process."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import nullspace_scale as s; "
-            "m = None if sys.argv[4] == 'none' else int(sys.argv[4]); "
-            "print(json.dumps(s.memory_child(int(sys.argv[2]), sys.argv[3], m)))")
+            "print(json.dumps(s.memory_child(int(sys.argv[2]), sys.argv[3], sys.argv[4], "
+            "sys.argv[5])))")
     out = subprocess.run([sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)),
-                          str(width), device, "none" if maxiter is None else str(maxiter)],
+                          str(width), device, kind, model],
                          env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="width 1024 (3.4M parameters)")
+    ap.add_argument("--model", choices=("mlp", "vit"), default="mlp",
+                    help="the 54.7M MLP (output constraint) or the 49.6M ViT (pruning)")
+    ap.add_argument("--quick", action="store_true",
+                    help="MLP width 1024 (3.4M parameters) / ViT width 256 (3.2M)")
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
@@ -326,26 +380,29 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     import torch
 
-    width = args.width or (1024 if args.quick else 4096)
+    if args.model == "vit":
+        width = args.width or (256 if args.quick else 768)
+    else:
+        width = args.width or (1024 if args.quick else 4096)
+    label = f"{args.model.upper()} width {width}"
     if args.parts:
-        med = parts(width, args.device, args.reps)
-        print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads | MLP "
-              f"width {width} | medians of {args.reps} interleaved rounds\n")
+        med = parts(width, args.device, args.reps, args.model)
+        print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads | "
+              f"{label} | medians of {args.reps} interleaved rounds\n")
         print("| piece | time (s) | / VJP |\n|---|---:|---:|")
         for name, t in med.items():
             print(f"| {name} | {t:.4f} | {t / med['vjp']:.2f} |")
         return
-    t = timings(width, args.device, args.reps)
+    t = timings(width, args.device, args.reps, args.model)
     med = t["median_s"]
-    mem = {name: memory(width, args.device, m)
-           for name, m in (("unconstrained", None), ("constrained20", 20), ("constrained50", 50))}
-    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads | MLP width "
-          f"{width}: {t['parameters'] / 1e6:.1f}M float32 parameters | constraint: "
-          f"{t['k']} outputs | medians of {args.reps} interleaved rounds | LSMR iterations "
+    mem = {kind: memory(width, args.device, kind, args.model) for kind in KINDS}
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads | {label}: "
+          f"{t['parameters'] / 1e6:.1f}M float32 parameters | constraint: "
+          f"{t['k']} rows | medians of {args.reps} interleaved rounds | LSMR iterations "
           f"run: {t['itn']}\n")
     print("| figure | median | range over rounds |\n|---|---:|---:|")
-    for name in ("vjp", "forward+vjp", "unconstrained", "constrained20", "constrained50",
-                 "iteration", "iteration (mean)"):
+    for name in ("vjp", "forward+vjp", "unconstrained", "cooper", "constrained20",
+                 "constrained50", "iteration", "iteration (mean)"):
         all_s = t["all_s"][name]
         print(f"| time: {name} (s) | {med[name]:.3f} | {min(all_s):.3f}-{max(all_s):.3f} |")
     print(f"| time: per_iteration (s) | {med['per_iteration']:.3f} | |")
@@ -356,9 +413,9 @@ def main(argv=None) -> None:
     for name, m in mem.items():
         print(f"| {unit}: {name} (MiB; {m['before'] / MB:.0f} before the step) | "
               f"{m['peak'] / MB:.0f} | |")
-    for n in (20, 50):
-        print(f"| peak memory, constrained (maxiter {n}) / unconstrained | "
-              f"{mem[f'constrained{n}']['peak'] / mem['unconstrained']['peak']:.2f} | |")
+    for name in ("cooper", "constrained20", "constrained50"):
+        print(f"| peak memory, {name} / unconstrained | "
+              f"{mem[name]['peak'] / mem['unconstrained']['peak']:.2f} | |")
 
 
 if __name__ == "__main__":

@@ -60,16 +60,6 @@ def test_conservative():
     assert r["constrained"]["test_rmse"] < 0.5  # noise level of the samples: 0.3 per component
 
 
-def test_sparsity():
-    pytest.importorskip("sklearn")
-    from lsqdiff.examples import sparsity
-
-    r = sparsity.run(size="small", seed=0)
-    _check_residual(r, 1e-5)
-    assert r["constrained"]["max_abs_masked"] < 1e-6
-    assert r["constrained"]["test_accuracy"] > 0.85  # chance: 0.1
-
-
 def test_bad_size():
     from lsqdiff.examples import periodic
 

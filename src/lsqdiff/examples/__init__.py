@@ -11,8 +11,10 @@ quick version used by the test suite); each also offers
 * `equivariant`: a rotation-equivariant map R^2 -> R^2 (JAX + optax).
 * `conservative`: a curl-free learned vector field (PyTorch; the constraint
   holds first derivatives, so its Jacobian needs second derivatives).
-* `sparsity`: a CNN on scikit-learn's digits with 90% of a layer held at zero
-  (PyTorch).
+* `sparsity`: gradual magnitude pruning and a per-layer ℓ1 budget as
+  constraints on a CNN on the digits, against torch's pruning, ℓ1 penalties
+  and Cooper over seeds, and on a 49.6M-parameter ViT (PyTorch; its own
+  ``run(size, seeds, methods, out)`` and ``run_vit``).
 * `score`: a score-based generative model whose score is held conservative,
   against unconstrained, penalty and energy-model baselines, over several
   seeds (PyTorch; its own command line, ``--small``, ``--out DIR``).
