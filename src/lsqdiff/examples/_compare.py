@@ -23,12 +23,24 @@ LABELS = {
 
 
 def methods_of(result: dict) -> list[str]:
-    """The methods present in one run's ``result``, in the order they were run."""
+    """The methods present in one run's ``result``, in the order they were run.
+
+    Examples
+    --------
+    >>> methods_of({"penalty": {"residual": 0.1}, "settings": {"seed": 0}})
+    ['penalty']
+    """
     return [m for m, v in result.items() if m != "settings" and isinstance(v, dict)]
 
 
 def progress(steps: int, desc: str, enabled: bool) -> Any:
-    """``range(steps)``, wrapped in a tqdm bar when ``enabled`` (and tqdm is installed)."""
+    """``range(steps)``, wrapped in a tqdm bar when ``enabled`` (and tqdm is installed).
+
+    Examples
+    --------
+    >>> list(progress(3, "steps", enabled=False))
+    [0, 1, 2]
+    """
     if enabled:
         try:
             from tqdm.auto import tqdm
@@ -107,6 +119,23 @@ def train_torch(method: str, model: Any, constraint: Callable[[dict], Any],
     stats : dict
         ``lsmr_iterations`` (mean per step) and ``converged`` (share of
         solves that met LSMR's tolerances), NaN for the other methods.
+
+    Examples
+    --------
+    Fit a linear model while holding the sum of its weights at 1:
+
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> X, y = torch.randn(40, 3), torch.randn(40, 1)
+    >>> model = torch.nn.Linear(3, 1)
+    >>> def c(p):
+    ...     return (p["weight"].sum() - 1.0).reshape(1)
+    >>> def loss():
+    ...     return torch.mean((model(X) - y) ** 2)
+    >>> trace, seconds, stats = train_torch("constrained", model, c, loss, steps=20, lr=0.05,
+    ...                                     mu=1.0, nullspace=dict(gamma=1.0))
+    >>> trace[-1][1] < 1e-5, stats["converged"]
+    (True, 1.0)
     """
     import torch
 
@@ -161,13 +190,26 @@ def train_torch(method: str, model: Any, constraint: Callable[[dict], Any],
 
 
 def run_seeds(run: Callable[..., dict], seeds: Sequence[int], **kwargs: Any) -> list[dict]:
-    """``run(seed=s, **kwargs)`` for each seed; ``plot`` only for the first."""
+    """``run(seed=s, **kwargs)`` for each seed; ``plot`` only for the first.
+
+    Examples
+    --------
+    >>> runs = run_seeds(lambda seed, plot, size: {"m": {"x": seed}}, [0, 1], size="small")
+    >>> [r["m"]["x"] for r in runs]
+    [0, 1]
+    """
     plot = kwargs.pop("plot", None)
     return [run(seed=s, plot=plot if i == 0 else None, **kwargs) for i, s in enumerate(seeds)]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (0 for a single value).
+
+    Examples
+    --------
+    >>> mean_std([1.0, 2.0, 3.0])
+    (2.0, 1.0)
+    """
     n = len(values)
     mean = sum(values) / n
     if n == 1:
