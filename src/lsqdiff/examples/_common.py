@@ -115,6 +115,9 @@ def main(name: str, run: Callable[..., dict], describe: Callable[[dict], str],
     if args.small:
         print(SMOKE_TEST + "\n")
     plot = None if args.no_plot else os.path.join(args.out, f"nullspace_{name}.png")
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        print("matplotlib is not installed: no plot (pip install matplotlib, or --no-plot)\n")
+        plot = None
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
     extra = {"progress": True} if "progress" in inspect.signature(run).parameters else {}
     results = run_seeds(run, seeds, size="small" if args.small else "full", plot=plot, **extra)
