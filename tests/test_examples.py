@@ -127,7 +127,8 @@ def test_seed_table():
     runs = [{"constrained": {"r": 1.0}, "cooper": {"r": 4.0}, "settings": {}},
             {"constrained": {"r": 3.0}, "cooper": {"r": 4.0}, "settings": {}}]
     rows = seed_table(runs, [("r", "residual", ".2f")]).splitlines()
-    assert rows[2:] == ["| null-space | 2.00 ± 1.41 |", "| Cooper (aug. Lagrangian) | 4.00 ± 0.00 |"]
+    assert rows[2:] == ["| null-space | 2.00 ± 1.41 |",
+                        "| Cooper (aug. Lagrangian) | 4.00 ± 0.00 |"]
 
 
 def test_bad_size():

@@ -118,8 +118,9 @@ def run(size: str = "full", seed: int = 0, plot: str | None = None,
     Returns
     -------
     dict
-        ``result[method]`` for each method run: ``residual`` (2-norm of c at the collocation points),
-        ``residual_fresh_rms`` (RMS of f(x + P) - f(x) at 500 fresh points),
+        ``result[method]`` for each method run: ``residual`` (2-norm of c at
+        the collocation points), ``residual_fresh_rms`` (RMS of f(x + P) - f(x)
+        at 500 fresh points),
         ``test_rmse`` (on [-P, 3P] against the noise-free function),
         ``train_rmse``, ``seconds``, ``ms_per_step`` (wall clock),
         ``cpu_ms_per_step`` (CPU time), ``lsmr_iterations`` and
