@@ -33,7 +33,8 @@ def format_table(result: dict, columns: Sequence[tuple[str, str, str]]) -> str:
     """
     head = "| method | " + " | ".join(h for _, h, _ in columns) + " |"
     sep = "|---|" + "---:|" * len(columns)
-    rows = [f"| {LABELS.get(m, m)} | " + " | ".join(format(result[m][k], f) for k, _, f in columns) + " |"
+    rows = [f"| {LABELS.get(m, m)} | "
+            + " | ".join(format(result[m][k], f) for k, _, f in columns) + " |"
             for m in methods_of(result)]
     return "\n".join([head, sep, *rows])
 
