@@ -202,7 +202,7 @@ def describe(result: dict) -> str:
 
 #: The figures of the tables.
 COLUMNS = [
-    ("residual", "||c|| (constrained points)", ".2e"),
+    ("residual", "‖c‖ (constrained points)", ".2e"),
     ("curl_rms", "RMS curl (40x40 grid)", ".2e"),
     ("train_rmse", "train RMSE", ".3f"),
     ("test_rmse", "RMSE vs grad phi (grid)", ".3f"),

@@ -274,7 +274,7 @@ def describe(result: dict) -> str:
 
 #: The figures of the tables.
 COLUMNS = [
-    ("residual", "||c|| (constrained pairs)", ".2e"),
+    ("residual", "‖c‖ (constrained pairs)", ".2e"),
     ("residual_fresh_rms", "RMS f(Rx)-Rf(x) (fresh pairs)", ".2e"),
     ("train_rmse", "train RMSE", ".3f"),
     ("test_rmse", "test RMSE (whole disc)", ".3f"),

@@ -185,7 +185,7 @@ def describe(result: dict) -> str:
 
 #: The figures of the tables.
 COLUMNS = [
-    ("residual", "||c|| (collocation)", ".2e"),
+    ("residual", "‖c‖ (collocation)", ".2e"),
     ("residual_fresh_rms", "RMS f(x+P)-f(x) (fresh x)", ".2e"),
     ("train_rmse", "train RMSE", ".3f"),
     ("test_rmse", "test RMSE on [-P, 3P]", ".3f"),
