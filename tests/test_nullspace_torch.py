@@ -81,21 +81,6 @@ def test_update_placement_rate(base):
     assert all(info.converged and info.residual_norm < 1e-9 for info in opt.history)
 
 
-def test_warm_start_same_steps_as_cold():
-    # For a linear constraint J is fixed and the previous correction lies in the
-    # row space of J, so a converged warm-started solve returns the same
-    # minimum-norm correction: both runs follow the same path.
-    paths = []
-    for warm in (False, True):
-        params, constraint, loss = linear_problem(seed=2)
-        opt = ConstrainedOptimizer(torch.optim.Adam(params, lr=0.1), constraint, gamma=0.3,
-                                   warm_start=warm, **TIGHT)
-        run(opt, loss, 5)
-        paths.append(torch.cat([p.detach().reshape(-1) for p in params]))
-        assert all(info.converged for info in opt.history)
-    torch.testing.assert_close(paths[1], paths[0], rtol=1e-9, atol=1e-9)
-
-
 def test_gradient_placement_adam_is_not_exact():
     # Adam rescales the projected gradient per coordinate: the step leaves the null
     # space, so the residual no longer follows (1 - eta gamma), but the correction
@@ -245,10 +230,6 @@ def test_bad_arguments():
         ConstrainedOptimizer(sgd, constraint, maxiter=0)
     with pytest.raises(ValueError, match="warmup"):
         ConstrainedOptimizer(sgd, constraint, warmup=-1)
-    with pytest.raises(TypeError, match="warm_start"):
-        ConstrainedOptimizer(sgd, constraint, warm_start=1)
-    with pytest.raises(ValueError, match="warm_start"):
-        ConstrainedOptimizer(sgd, constraint, placement="gradient", warm_start=True)
     with pytest.raises(TypeError, match="optimizer"):
         ConstrainedOptimizer(params, constraint)
     with pytest.raises(TypeError, match="constraint"):

@@ -96,15 +96,13 @@ def solve(lin: Linearization, **settings: Any) -> tuple[Any, ProjectionInfo]:
 
 
 def correction(lin: Linearization, *, gamma: float, sign: float, normalize_gamma: bool,
-               damp: float, maxiter: int, atol: float, btol: float, x0: Array | None = None
+               damp: float, maxiter: int, atol: float, btol: float
                ) -> tuple[Array, ProjectionInfo]:
     """``x = J^+ (J h - sign * gamma_eff * c)``, flat, so that ``d = h - x``: one
     LSMR solve with ``J``.
 
     ``sign = +1`` is the descent convention of `project`; ``sign = -1`` the
     additive-update convention of the optimizers' ``"update"`` placement.
-    ``x0`` (flat, the solve dtype) starts LSMR there instead of at zero: the
-    solve then returns ``x0 + J^+ (rhs - J x0)``.
     """
     xp, c = lin.xp, lin.c
     cnorm = xp.linalg.vector_norm(c)
@@ -116,7 +114,7 @@ def correction(lin: Linearization, *, gamma: float, sign: float, normalize_gamma
     rhs = lin.matvec(lin.h) - (sign * g) * c
     J = LinearOperator((c.shape[0], lin.h.shape[0]), lin.matvec, lin.rmatvec, dtype=lin.dtype,
                        rmatvec_pieces=lin.rmatvec_pieces)
-    x, info = lsmr(J, rhs, damp=damp, x0=x0, atol=atol, btol=btol, maxiter=maxiter)
+    x, info = lsmr(J, rhs, damp=damp, atol=atol, btol=btol, maxiter=maxiter)
     # normr^2 = ||rhs - J x||^2 + damp^2 ||x||^2, and rhs - J x = sign*g*c - J d.
     residual = info.normr
     if damp > 0:

@@ -63,9 +63,6 @@ class ConstrainedOptimizer:
         step in 2-norm, down to a band of that width around ``c = 0``.
     warmup : int, optional
         Number of initial steps taken by the base optimizer alone.
-    warm_start : bool, optional
-        ``"update"`` only: start each LSMR solve from the previous step's
-        correction ``x = J^+ (J u + gamma c)`` instead of from zero.
     damp, maxiter, atol, btol : optional
         LSMR settings per projection (see `lsqdiff.nullspace.project`).
 
@@ -109,8 +106,7 @@ class ConstrainedOptimizer:
 
     def __init__(self, optimizer: torch.optim.Optimizer, constraint: Callable[[Any], Any],
                  params: Any = None, *, placement: str = "update", gamma: float = 1e-2,
-                 normalize_gamma: bool = False, warmup: int = 0, warm_start: bool = False,
-                 damp: float = 0.0,
+                 normalize_gamma: bool = False, warmup: int = 0, damp: float = 0.0,
                  maxiter: int = 50, atol: float = 1e-6, btol: float = 1e-6):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
@@ -128,12 +124,6 @@ class ConstrainedOptimizer:
                              "parameters")
         self.placement = placement
         self.warmup = int(warmup)
-        if not isinstance(warm_start, bool):
-            raise TypeError(f"warm_start must be True or False, got {warm_start!r}")
-        if warm_start and placement != "update":
-            raise ValueError("warm_start needs placement='update'")
-        self.warm_start = warm_start
-        self._x_prev: Any = None
         self._settings = dict(gamma=float(gamma), normalize_gamma=normalize_gamma,
                               damp=float(damp), maxiter=int(maxiter), atol=float(atol),
                               btol=float(btol))
@@ -201,9 +191,7 @@ class ConstrainedOptimizer:
         # J is taken at theta_old, where the step started; the sign is that of an
         # additive update (theta + u), opposite to the descent direction of project().
         lin = self._linearize(u, old)
-        x, info = correction(lin, sign=-1.0, x0=self._x_prev, **self._settings)
-        if self.warm_start:
-            self._x_prev = x
+        x, info = correction(lin, sign=-1.0, **self._settings)
         # theta_old + (u - x) = theta_new - x: subtracted in place.
         with torch.no_grad():
             for p, dx in zip(tensors, torch.split(x, [p.numel() for p in tensors])):
