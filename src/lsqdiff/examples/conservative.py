@@ -9,7 +9,7 @@ the parameters needs second derivatives: (ds/dx) w is a ``torch.func.jvp``
 inside the constraint, differentiated again by the projection's JVP/VJP.
 Scored: RMSE against the true gradient field on a grid, and the RMS curl there.
 
-    python -m lsqdiff.examples.conservative [--small] [--seed N] [--plot PATH | --no-plot]
+    python -m lsqdiff.examples.conservative [--small] [--seeds N | --seed N] [--out DIR | --no-plot]
 """
 
 from __future__ import annotations

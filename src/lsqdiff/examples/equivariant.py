@@ -11,7 +11,7 @@ The constrained run is ``optax.chain(optax.adam(lr), nullspace(c))``, the
 projection acting on Adam's update; the whole step is one ``jax.jit``. It works
 in float32 whether or not ``jax_enable_x64`` is on.
 
-    python -m lsqdiff.examples.equivariant [--small] [--seed N] [--plot PATH | --no-plot]
+    python -m lsqdiff.examples.equivariant [--small] [--seeds N | --seed N] [--out DIR | --no-plot]
 """
 
 from __future__ import annotations

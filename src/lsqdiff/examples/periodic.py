@@ -7,7 +7,7 @@ the fit is scored (RMSE against the noise-free function). The residual is
 reported at the collocation points (what is constrained) and at fresh points
 (what the constraint buys between them).
 
-    python -m lsqdiff.examples.periodic [--small] [--seed N] [--plot PATH | --no-plot]
+    python -m lsqdiff.examples.periodic [--small] [--seeds N | --seed N] [--out DIR | --no-plot]
 """
 
 from __future__ import annotations
