@@ -8,11 +8,12 @@ import pytest
 MODULES = ["lsqdiff.solvers", "lsqdiff.operator", "lsqdiff._info", "lsqdiff.adjoint", "lsqdiff._jacobi",
            "lsqdiff._diagnostics",
            "lsqdiff.compat.scipy", "lsqdiff.nullspace", "lsqdiff.nullspace._core",
-           "lsqdiff.nullspace.torch", "lsqdiff.nullspace.optax"]
+           "lsqdiff.nullspace.torch", "lsqdiff.nullspace.optax", "lsqdiff.examples._compare"]
 
 #: What each module's examples import besides NumPy (skipped when missing).
 NEEDS = {"lsqdiff._diagnostics": ["torch"], "lsqdiff.nullspace": ["torch", "jax"], "lsqdiff.nullspace._core": ["torch"],
-         "lsqdiff.nullspace.torch": ["torch"], "lsqdiff.nullspace.optax": ["jax", "optax"]}
+         "lsqdiff.nullspace.torch": ["torch"], "lsqdiff.nullspace.optax": ["jax", "optax"],
+         "lsqdiff.examples._compare": ["torch"]}
 
 
 @pytest.mark.parametrize("name", MODULES)

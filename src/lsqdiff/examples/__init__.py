@@ -1,11 +1,15 @@
 """Worked examples of the null-space method (constrained training).
 
-Each module trains one model three ways — unconstrained, with a quadratic
-penalty ``loss + mu * ||c||^2`` and with the null-space method of
-`lsqdiff.nullspace` — and reports the constraint residual beside the task
-metric. Run one with ``python -m lsqdiff.examples.<name>`` (``--small`` for the
-quick version used by the test suite); each also offers
-``run(size, seed, plot) -> dict``.
+Each module trains one model several ways from the same initial weights —
+unconstrained, with a quadratic penalty ``loss + mu * ||c||^2``, with an
+augmented Lagrangian (Cooper's for PyTorch, one written here for optax) and
+with the null-space method of `lsqdiff.nullspace` — and reports the constraint
+residual beside the task metric and the time per step. Run one with
+``python -m lsqdiff.examples.<name>`` (five seeds, mean ± std; the plot goes to
+``--out``, default the current directory); ``--small`` is a smoke test of the
+code path, not results. Each also offers ``run(size, seed, plot) -> dict``;
+the comparison machinery (seeds, tables, the Cooper trainer) is in
+``lsqdiff.examples._compare``.
 
 * `periodic`: 1-D regression with an MLP under f(x + P) = f(x) (PyTorch).
 * `equivariant`: a rotation-equivariant map R^2 -> R^2 (JAX + optax).
@@ -19,8 +23,9 @@ quick version used by the test suite); each also offers
   against unconstrained, penalty and energy-model baselines, over several
   seeds (PyTorch; its own command line, ``--small``, ``--out DIR``).
 
-The examples need ``scikit-learn`` (the digits) and, for plots, ``matplotlib``
-(the ``examples`` extra). Nothing is downloaded.
+The examples need ``cooper-optim`` (the Cooper baseline), ``scikit-learn`` (the
+digits) and, for plots, ``matplotlib`` (the ``examples`` extra). Nothing is
+downloaded.
 """
 
 NAMES = ("periodic", "equivariant", "conservative", "sparsity")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from ._compare import LABELS, methods_of, run_seeds, seed_table
 
 METHODS = ("unconstrained", "penalty", "constrained")
 
@@ -17,56 +20,22 @@ def check_size(size: str) -> None:
         raise ValueError(f"size must be 'full' or 'small', got {size!r}")
 
 
-def train_full_batch(method: str, model: Any, constraint: Callable[[dict], Any],
-                     data_loss: Callable[[], Any], *, steps: int, lr: float, maxiter: int,
-                     gamma: float, mu: float) -> tuple[list, float]:
-    """Train a PyTorch ``model`` with Adam on the full batch one of three ways:
-    ``"unconstrained"``, ``"penalty"`` (``data_loss() + mu ||c||^2``) or
-    ``"constrained"`` (the null-space method, update placement).
-
-    ``constraint(params)`` maps the model's named parameters to ``c``. Returns
-    the trace of ``(step, ||c||)`` every 10 steps and at the last, and the
-    training time in seconds.
-    """
-    import time
-
-    import torch
-
-    from lsqdiff.nullspace.torch import ConstrainedOptimizer
-
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    if method == "constrained":
-        opt = ConstrainedOptimizer(opt, constraint, model, gamma=gamma, maxiter=maxiter)
-    trace = []
-    start = time.perf_counter()
-    for step in range(steps):
-        opt.zero_grad()
-        loss = data_loss()
-        if method == "penalty":
-            loss = loss + mu * torch.sum(constraint(dict(model.named_parameters())) ** 2)
-        loss.backward()
-        opt.step()
-        if step % 10 == 0 or step == steps - 1:
-            with torch.no_grad():
-                c = constraint(dict(model.named_parameters()))
-                trace.append((step, float(torch.linalg.norm(c))))
-    return trace, time.perf_counter() - start
-
-
 def format_table(result: dict, columns: Sequence[tuple[str, str, str]]) -> str:
     """A Markdown table with one row per method.
 
     Parameters
     ----------
     result : dict
-        ``result[method][key]`` for each method of `METHODS`.
+        ``result[method][key]`` for each method run (`METHODS` or the
+        example's own list).
     columns : sequence of (key, header, format)
         Which figures to show, e.g. ``("test_rmse", "test RMSE", ".4f")``.
     """
     head = "| method | " + " | ".join(h for _, h, _ in columns) + " |"
     sep = "|---|" + "---:|" * len(columns)
-    rows = [f"| {m} | " + " | ".join(format(result[m][k], f) for k, _, f in columns) + " |"
-            for m in METHODS]
+    rows = [f"| {LABELS.get(m, m)} | "
+            + " | ".join(format(result[m][k], f) for k, _, f in columns) + " |"
+            for m in methods_of(result)]
     return "\n".join([head, sep, *rows])
 
 
@@ -84,9 +53,9 @@ def plot_traces(ax: Any, result: dict, title: str, fontsize: int = 10,
                 floor: float = 0.0) -> None:
     """Each method's constraint residual over the training steps, on a log
     scale; residuals below ``floor`` (exact zeros) are drawn at ``floor``."""
-    for m in METHODS:
+    for m in methods_of(result):
         steps, res = zip(*result[m]["trace"])
-        ax.semilogy(steps, [max(r, floor) for r in res], label=m)
+        ax.semilogy(steps, [max(r, floor) for r in res], label=LABELS.get(m, m))
     ax.set_xlabel("step")
     ax.set_title(title, fontsize=fontsize)
     ax.legend(fontsize=8)
@@ -102,39 +71,63 @@ def save_figure(fig: Any, path: str) -> None:
     plt.close(fig)
 
 
+SMOKE_TEST = ("--small: a smoke test of the code path (tiny model, few steps); its figures "
+              "and plot are not results. Run without --small for those.")
+
+
 def main(name: str, run: Callable[..., dict], describe: Callable[[dict], str],
-         argv: Sequence[str] | None = None) -> dict:
-    """Command line of an example: run it, print its table, save its plot.
+         argv: Sequence[str] | None = None,
+         columns: Sequence[tuple[str, str, str]] | None = None) -> list[dict]:
+    """Command line of an example: run it over seeds, print its tables, save its plot.
 
     Parameters
     ----------
     name : str
-        The example's name; the default plot is ``docs/img/nullspace_<name>.png``
-        (relative to the working directory).
+        The example's name; the plot is ``nullspace_<name>.png`` in ``--out``
+        (default: the current directory).
     run : callable
         The example's ``run(size, seed, plot)``.
     describe : callable
-        Turns ``run``'s result into the text to print.
+        Turns one seed's result into the text to print (the settings and that
+        seed's table).
     argv : sequence of str, optional
         Arguments (default: ``sys.argv[1:]``).
+    columns : sequence of (key, header, format), optional
+        The figures of the mean ± std table over the seeds (`seed_table`).
     """
     ap = argparse.ArgumentParser(prog=f"python -m lsqdiff.examples.{name}")
-    ap.add_argument("--small", action="store_true", help="the quick version used by the tests")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--plot", default=os.path.join("docs", "img", f"nullspace_{name}.png"),
-                    help="where to write the PNG plot")
+    ap.add_argument("--small", action="store_true",
+                    help="a quick smoke test (the version the test suite runs): not results")
+    ap.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1 (default 5)")
+    ap.add_argument("--seed", type=int, default=None, help="run this one seed only")
+    ap.add_argument("--out", default=".",
+                    help=f"folder for the plot nullspace_{name}.png (default: the current one)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="PyTorch CPU threads (default 1: on these tiny models more threads "
                          "only add synchronisation, which is very costly on a busy machine)")
     args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error("--seeds must be >= 1")
     if importlib.util.find_spec("torch") is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-    plot = None if args.no_plot else args.plot
-    result = run(size="small" if args.small else "full", seed=args.seed, plot=plot)
-    print(describe(result))
+    if args.small:
+        print(SMOKE_TEST + "\n")
+    plot = None if args.no_plot else os.path.join(args.out, f"nullspace_{name}.png")
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        print("matplotlib is not installed: no plot (pip install matplotlib, or --no-plot)\n")
+        plot = None
+    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    extra = {"progress": True} if "progress" in inspect.signature(run).parameters else {}
+    results = run_seeds(run, seeds, size="small" if args.small else "full", plot=plot, **extra)
+    print(describe(results[0]))
+    if columns is not None and len(results) > 1:
+        print(f"\nmean ± std over seeds {seeds}:\n")
+        print(seed_table(results, columns))
     if plot is not None:
-        print(f"\nplot written to {plot}")
-    return result
+        print(f"\nplot (seed {seeds[0]}) written to {plot}")
+    if args.small:
+        print("\n" + SMOKE_TEST)
+    return results

@@ -11,24 +11,31 @@ The constrained run is ``optax.chain(optax.adam(lr), nullspace(c))``, the
 projection acting on Adam's update; the whole step is one ``jax.jit``. It works
 in float32 whether or not ``jax_enable_x64`` is on.
 
-    python -m lsqdiff.examples.equivariant [--small] [--seed N] [--plot PATH | --no-plot]
+    python -m lsqdiff.examples.equivariant [--small] [--seeds N | --seed N] [--out DIR | --no-plot]
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
-from ._common import (METHODS, check_size, format_table, main, new_figure, plot_traces,
-                      save_figure)
+from ._common import check_size, format_table, main, new_figure, plot_traces, save_figure
+from ._compare import LABELS, methods_of, progress as progress_bar
+
+#: The methods, in table order. No JAX library offers an augmented Lagrangian
+#: for optax, so ``"auglag"`` is written here (see `_train`).
+JAX_METHODS = ("unconstrained", "penalty", "auglag", "constrained")
 
 SETTINGS = {
-    "full": dict(width=64, steps=3000, n_train=64, n_col=48, lr=3e-3, maxiter=200),
-    "small": dict(width=32, steps=300, n_train=48, n_col=16, lr=1e-2, maxiter=32),
+    "full": dict(width=64, steps=3000, n_train=64, n_col=48, lr=3e-3),
+    "small": dict(width=32, steps=300, n_train=48, n_col=16, lr=1e-2),
 }
+#: `lsqdiff.nullspace.optax.nullspace`'s settings (gamma: fraction of the residual
+#: removed per step).
+NULLSPACE = {"full": dict(gamma=0.1, maxiter=200), "small": dict(gamma=0.1, maxiter=32)}
 NOISE = 0.05
 RADIUS = 2.0
-GAMMA = 0.1  # fraction of the constraint residual removed per step
-MU = 1.0  # penalty weight: loss + MU * ||c||^2
+MU = 1.0  # penalty weight: loss + MU * ||c||^2; the augmented Lagrangian's rho is 2 MU
 
 
 def truth(x):
@@ -87,7 +94,13 @@ def _disc(key, n: int, max_angle: float):
     return jnp.stack([r * jnp.cos(a), r * jnp.sin(a)], -1)
 
 
-def _train(method: str, cfg: dict, data: dict, seed: int) -> dict:
+def _train(method: str, cfg: dict, data: dict, seed: int, knobs: dict,
+           show_progress: bool) -> dict:
+    """One method. ``"auglag"``: the augmented Lagrangian
+    ``loss + lam^T c + (rho / 2) ||c||^2`` (``rho = 2 MU``, the penalty's
+    quadratic term) minimised by Adam, with ``lam += lr c`` after each step
+    (the multiplier step at the primal learning rate, as for Cooper in the
+    PyTorch examples)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -97,34 +110,51 @@ def _train(method: str, cfg: dict, data: dict, seed: int) -> dict:
     def constraint(p):
         return equivariance(p, data["x_col"], data["rot_col"])
 
-    def loss(p):
+    def loss(p, lam):
         out = jnp.mean(jnp.sum((apply(p, data["x"]) - data["y"]) ** 2, -1))
         if method == "penalty":
             out = out + MU * jnp.sum(constraint(p) ** 2)
+        if method == "auglag":
+            c = constraint(p)
+            out = out + jnp.dot(lam, c) + MU * jnp.sum(c ** 2)
         return out
 
     tx = optax.adam(cfg["lr"])
     if method == "constrained":
-        tx = optax.chain(tx, nullspace(constraint, gamma=GAMMA, maxiter=cfg["maxiter"]))
+        tx = optax.chain(tx, nullspace(constraint, **knobs))
 
     @jax.jit
-    def step(p, state):
-        g = jax.grad(loss)(p)
+    def step(p, state, lam):
+        g = jax.grad(loss)(p, lam)
         updates, state = tx.update(g, state, p)
         p = optax.apply_updates(p, updates)
-        return p, state, jnp.linalg.norm(constraint(p))
+        c = constraint(p)
+        if method == "auglag":
+            lam = lam + cfg["lr"] * c
+        itn = state[1].info.itn if method == "constrained" else jnp.zeros((), jnp.int32)
+        converged = state[1].info.converged if method == "constrained" else jnp.zeros((), bool)
+        return p, state, lam, jnp.linalg.norm(c), itn, converged
 
     params = _init(jax.random.PRNGKey(seed), cfg["width"])  # the same start for every method
     state = tx.init(params)
-    jax.block_until_ready(step(params, state))  # compile outside the timing
-    trace = []
-    start = time.perf_counter()
-    for i in range(cfg["steps"]):
-        params, state, res = step(params, state)
+    lam = jnp.zeros(2 * cfg["n_col"], jnp.float32)
+    jax.block_until_ready(step(params, state, lam))  # compile outside the timing
+    trace, itn, converged = [], [], []
+    bar = progress_bar(cfg["steps"], method, show_progress)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for i in bar:
+        params, state, lam, res, it, ok = step(params, state, lam)
+        if method == "constrained":
+            itn.append(it)
+            converged.append(ok)
         if i % 10 == 0 or i == cfg["steps"] - 1:
             trace.append((i, float(res)))
+            if show_progress and hasattr(bar, "set_postfix"):
+                bar.set_postfix({"||c||": f"{trace[-1][1]:.2e}"}, refresh=False)
     jax.block_until_ready(params)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    itn_mean = float(jnp.mean(jnp.stack(itn))) if itn else float("nan")
+    conv_share = float(jnp.mean(jnp.stack(converged))) if converged else float("nan")
     err = apply(params, data["x_test"]) - data["y_test"]
     fit = apply(params, data["x"]) - data["y"]
     return {
@@ -134,13 +164,19 @@ def _train(method: str, cfg: dict, data: dict, seed: int) -> dict:
         "test_rmse": float(jnp.sqrt(jnp.mean(jnp.sum(err ** 2, -1)))),
         "train_rmse": float(jnp.sqrt(jnp.mean(jnp.sum(fit ** 2, -1)))),
         "seconds": seconds,
+        "ms_per_step": 1e3 * seconds / cfg["steps"],
+        "cpu_ms_per_step": 1e3 * cpu / cfg["steps"],
+        "lsmr_iterations": itn_mean,
+        "converged": conv_share,
         "test_error": jnp.linalg.norm(err, axis=-1).tolist(),
         "trace": trace,
     }
 
 
-def run(size: str = "full", seed: int = 0, plot: str | None = None) -> dict:
-    """Train the three ways and return their figures.
+def run(size: str = "full", seed: int = 0, plot: str | None = None,
+        methods: Sequence[str] = JAX_METHODS, nullspace: dict | None = None,
+        progress: bool = False) -> dict:
+    """Train each way and return the figures.
 
     Parameters
     ----------
@@ -150,16 +186,32 @@ def run(size: str = "full", seed: int = 0, plot: str | None = None) -> dict:
         Seeds the data and the (shared) initial network.
     plot : str, optional
         Path of a PNG to write (needs matplotlib).
+    methods : sequence of str, optional
+        Which of ``"unconstrained"``, ``"penalty"``, ``"auglag"``,
+        ``"constrained"`` (null-space) to run (default: all).
+    nullspace : dict, optional
+        Overrides of the null-space settings `NULLSPACE` (keyword arguments of
+        `lsqdiff.nullspace.optax.nullspace`).
+    progress : bool, optional
+        Show a progress bar per method.
 
     Returns
     -------
     dict
-        ``result[method]`` for method in ``"unconstrained"``, ``"penalty"``,
-        ``"constrained"``: ``residual`` (2-norm of c on the constrained pairs),
+        ``result[method]`` for each method run: ``residual`` (2-norm of c on the constrained pairs),
         ``residual_fresh_rms`` (RMS of f(R x) - R f(x) on 500 fresh pairs),
         ``test_rmse`` (on the whole disc, against the noise-free map),
         ``train_rmse``, ``seconds`` (training, compilation excluded),
-        ``test_error`` and ``trace``; and ``settings``.
+        ``ms_per_step`` (wall clock), ``cpu_ms_per_step`` (CPU time, all
+        threads), ``lsmr_iterations`` and ``converged`` (null-space
+        only, else NaN), ``test_error`` and ``trace``; and ``settings``.
+
+    Examples
+    --------
+    >>> from lsqdiff.examples import equivariant
+    >>> r = equivariant.run(size="small", methods=["constrained"])  # doctest: +SKIP
+    >>> r["constrained"]["residual"] < 0.1  # doctest: +SKIP
+    True
     """
     import math
 
@@ -180,8 +232,9 @@ def run(size: str = "full", seed: int = 0, plot: str | None = None) -> dict:
         "x_test": _disc(keys[6], 2000, 2 * math.pi),
     }
     data["y_test"] = truth(data["x_test"])
-    result = {m: _train(m, cfg, data, seed) for m in METHODS}
-    result["settings"] = dict(cfg, size=size, seed=seed, gamma=GAMMA, mu=MU, noise=NOISE,
+    knobs = dict(NULLSPACE[size], **(nullspace or {}))
+    result = {m: _train(m, cfg, data, seed, knobs, progress) for m in methods}
+    result["settings"] = dict(cfg, size=size, seed=seed, nullspace=knobs, mu=MU, noise=NOISE,
                               constraints=2 * cfg["n_col"],
                               parameters=sum(p.size for p in jax.tree_util.tree_leaves(
                                   _init(keys[0], cfg["width"]))))
@@ -193,18 +246,19 @@ def run(size: str = "full", seed: int = 0, plot: str | None = None) -> dict:
 def _plot(result: dict, data: dict, path: str) -> None:
     import numpy as np
 
-    fig, axes = new_figure(4, width=15, height=3.8)
+    methods = methods_of(result)
+    fig, axes = new_figure(len(methods) + 1, width=3.75 * (len(methods) + 1), height=3.8)
     xt = np.asarray(data["x_test"])
     xs = np.asarray(data["x"])
-    vmax = max(max(result[m]["test_error"]) for m in METHODS)
-    for ax, m in zip(axes, METHODS):
+    vmax = max(max(result[m]["test_error"]) for m in methods)
+    for ax, m in zip(axes, methods):
         sc = ax.scatter(xt[:, 0], xt[:, 1], c=result[m]["test_error"], s=5, cmap="viridis",
                         vmin=0, vmax=vmax)
         ax.plot(xs[:, 0], xs[:, 1], "r.", ms=3)
         ax.set_aspect("equal")
-        ax.set_title(f"{m}: |f - f*| (test RMSE {result[m]['test_rmse']:.3f})", fontsize=9)
-    fig.colorbar(sc, ax=axes[2], fraction=0.046)
-    plot_traces(axes[3], result, "||f(R x) - R f(x)|| on the constrained pairs", fontsize=9)
+        ax.set_title(f"{LABELS[m]}: |f - f*| (test RMSE {result[m]['test_rmse']:.3f})", fontsize=9)
+    fig.colorbar(sc, ax=axes[-2], fraction=0.046)
+    plot_traces(axes[-1], result, "||f(R x) - R f(x)|| on the constrained pairs", fontsize=9)
     save_figure(fig, path)
 
 
@@ -213,16 +267,19 @@ def describe(result: dict) -> str:
     s = result["settings"]
     return (f"equivariant ({s['size']}): MLP 2-{s['width']}-{s['width']}-2, {s['parameters']} "
             f"parameters, {s['constraints']} constraints, {s['steps']} Adam steps (lr {s['lr']}); "
-            f"null-space gamma={s['gamma']}, LSMR maxiter={s['maxiter']}; penalty mu={s['mu']}; "
-            "training data in one quadrant (red dots)\n\n"
-            + format_table(result, [
-                ("residual", "||c|| (constrained pairs)", ".2e"),
-                ("residual_fresh_rms", "RMS f(Rx)-Rf(x) (fresh pairs)", ".2e"),
-                ("train_rmse", "train RMSE", ".3f"),
-                ("test_rmse", "test RMSE (whole disc)", ".3f"),
-                ("seconds", "train time (s)", ".1f"),
-            ]))
+            f"null-space {s['nullspace']}; penalty mu={s['mu']}, aug. Lagrangian rho="
+            f"{2 * s['mu']}; training data in one quadrant (red dots); seed {s['seed']}\n\n"
+            + format_table(result, COLUMNS))
 
+
+#: The figures of the tables.
+COLUMNS = [
+    ("residual", "‖c‖ (constrained pairs)", ".2e"),
+    ("residual_fresh_rms", "RMS f(Rx)-Rf(x) (fresh pairs)", ".2e"),
+    ("train_rmse", "train RMSE", ".3f"),
+    ("test_rmse", "test RMSE (whole disc)", ".3f"),
+    ("cpu_ms_per_step", "CPU ms / step", ".2f"),
+]
 
 if __name__ == "__main__":
-    main("equivariant", run, describe)
+    main("equivariant", run, describe, columns=COLUMNS)
