@@ -154,6 +154,11 @@ class RFFGP:
         Of the parameters; the data must match it.
     batch : int
         Rows per feature batch in the products (memory: ``batch x D``).
+    cache_bytes : int
+        A solve whose features take at most this many bytes builds them once
+        (batch by batch) and reuses them in each LSMR iteration; larger ones
+        rebuild them in every product (fully matrix-free). The gradient
+        rebuilds them batch by batch either way. 0 never caches.
 
     Examples
     --------
@@ -169,7 +174,7 @@ class RFFGP:
 
     def __init__(self, dim: int, features: int = 1024, *, lengthscale: Any = 1.0,
                  amplitude: float = 1.0, noise: float = 0.3, seed: int = 0,
-                 dtype: Any = None, batch: int = 8192):
+                 dtype: Any = None, batch: int = 8192, cache_bytes: int = 2**31):
         import torch
 
         dtype = torch.float64 if dtype is None else dtype
@@ -179,6 +184,9 @@ class RFFGP:
             raise ValueError(f"features must be a positive even integer, got {features!r}")
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive integer, got {batch!r}")
+        if not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be a non-negative integer, got {cache_bytes!r}")
+        self.cache_bytes = cache_bytes
         ls = _positive("lengthscale", lengthscale, dim)
         amp = _positive("amplitude", amplitude)
         sigma = _positive("noise", noise)
@@ -242,8 +250,9 @@ class RFFGP:
     def features(self, X: Any) -> lsqdiff.LinearOperator:
         """``Phi(X)`` as a matrix-free `lsqdiff.LinearOperator` of shape (n, D).
 
-        Its products build the features ``batch`` rows at a time; ``params``
-        lists the kernel's tensors, so a solve with it is differentiable in them.
+        Its products build the features ``batch`` rows at a time (or once per
+        operator, see ``cache_bytes``); ``params`` lists the kernel's tensors,
+        so a solve with it is differentiable in them.
 
         Examples
         --------
@@ -259,11 +268,26 @@ class RFFGP:
         import torch
 
         self._check_inputs(X)
+        n, D = X.shape[0], self.num_features
+        cached = None
+        if n * D * X.element_size() <= self.cache_bytes:
+            with torch.no_grad():
+                cached = torch.cat(self._batched(
+                    lambda Xb, _, *p: _FeatureBlock.matvec(Xb, torch.eye(D, dtype=Xb.dtype), *p),
+                    X, None, True))
+
+        def graph(t: Any) -> bool:  # the gradient's products: through the parameters
+            return torch.is_grad_enabled() and any(
+                p.requires_grad for p in (t, *self.kernel_params))
 
         def matvec(v: Any) -> Any:
+            if cached is not None and not graph(v):
+                return cached @ v
             return torch.cat(self._batched(_FeatureBlock.matvec, X, v, True))
 
         def rmatvec(u: Any) -> Any:
+            if cached is not None and not graph(u):
+                return cached.T @ u
             return sum(self._batched(_FeatureBlock.rmatvec, X, u, False))
 
         return lsqdiff.LinearOperator((X.shape[0], self.num_features), matvec, rmatvec,
@@ -457,7 +481,7 @@ def fit(gp: RFFGP, X_train: Any, y_train: Any, X_val: Any = None, y_val: Any = N
     list of dict
         Per step: ``step``, ``objective`` (before the step), ``itn`` (LSMR
         iterations of the posterior solve; 0 for the marginal objective) and
-        ``seconds`` (wall time since the start).
+        ``seconds`` (tuning wall time so far, not counting ``callback``).
 
     Examples
     --------
@@ -504,14 +528,15 @@ def fit(gp: RFFGP, X_train: Any, y_train: Any, X_val: Any = None, y_val: Any = N
         bar = tqdm(total=steps, desc=f"{objective}" + (f" ({loss})" if objective ==
                                                         "predictive" else ""), leave=False)
     history = []
-    start = time.perf_counter()
+    elapsed = 0.0
     for step in range(steps):
+        start = time.perf_counter()
         opt.zero_grad()
         value, itn = evaluate()
         value.backward()
         opt.step()
-        record = {"step": step, "objective": float(value), "itn": itn,
-                  "seconds": time.perf_counter() - start}
+        elapsed += time.perf_counter() - start
+        record = {"step": step, "objective": float(value), "itn": itn, "seconds": elapsed}
         history.append(record)
         if bar is not None:
             bar.set_postfix(objective=f"{record['objective']:.4f}", lsmr_itn=itn)
