@@ -48,8 +48,8 @@ METHODS = ("start", "rff-predictive", "rff-marginal", "gpytorch-ml", "gpytorch-l
 SETTINGS = {
     "diamonds": dict(features=256, steps=40, lr=0.05, tol=1e-4, gp_subset=2000, gp_steps=60,
                      sk_subset=1000, every=5),
-    "flights": dict(features=1024, steps=8, lr=0.05, tol=1e-4, gp_subset=2000, gp_steps=60,
-                    sk_subset=1000, every=2),
+    "flights": dict(features=1024, steps=4, lr=0.05, tol=1e-4, gp_subset=2000, gp_steps=60,
+                    sk_subset=1000, every=1),
     "diabetes": dict(features=128, steps=100, lr=0.05, tol=1e-6, gp_subset=None, gp_steps=100,
                      sk_subset=None, every=10),
 }
