@@ -34,6 +34,7 @@ Public surface: `RFFGP` (the model), `predictive_loss`, `marginal_nll`,
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -129,6 +130,55 @@ class _FeatureBlock:
         Z = (Xb / torch.exp(log_ls)) @ freqs.T
         F = torch.exp(log_amp) * math.sqrt(1.0 / h) * torch.cat([torch.cos(Z), torch.sin(Z)], 1)
         return F.T @ F, F.T @ yb
+
+
+@functools.lru_cache(maxsize=None)
+def _products() -> Any:
+    """``Phi v`` as a torch.autograd.Function: the forward reuses the cached
+    features when there are any, the backward rebuilds each batch's cosines and
+    sines once and applies the derivative in closed form (checkpointing
+    through autograd would evaluate them three times)."""
+    import torch
+    from torch.autograd.function import once_differentiable
+
+    class Products(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, X: Any, v: Any, cached: Any, batch: int, log_ls: Any,
+                    log_amp: Any, freqs: Any) -> Any:
+            ctx.save_for_backward(X, v, log_ls, log_amp, freqs)
+            ctx.batch = batch
+            if cached is not None:
+                return cached @ v
+            return torch.cat([_FeatureBlock.matvec(X[i:i + batch], v, log_ls, log_amp, freqs)
+                              for i in range(0, X.shape[0], batch)])
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx: Any, g: Any) -> tuple[Any, ...]:
+            X, v, log_ls, log_amp, freqs = ctx.saved_tensors
+            h = freqs.shape[0]
+            scale = torch.exp(log_amp) * math.sqrt(1.0 / h)
+            col = (lambda t: t[:, None]) if v.ndim == 1 else (lambda t: t)
+            v1, v2, G = col(v[:h]), col(v[h:]), col(g)
+            inv_ls = torch.exp(-log_ls)
+            dv = torch.zeros((2 * h, v1.shape[1]), dtype=v.dtype)
+            dfreqs, dlog_ls = torch.zeros_like(freqs), torch.zeros_like(log_ls)
+            dlog_amp = torch.zeros_like(log_amp)
+            for i in range(0, X.shape[0], ctx.batch):
+                Xs, Gb = X[i:i + ctx.batch] * inv_ls, G[i:i + ctx.batch]
+                Z = Xs @ freqs.T
+                C, S = torch.cos(Z), torch.sin(Z)
+                dv[:h] += C.T @ Gb
+                dv[h:] += S.T @ Gb
+                dlog_amp += (Gb * (C @ v1 + S @ v2)).sum()
+                dZ = C * (Gb @ v2.T) - S * (Gb @ v1.T)
+                dfreqs += dZ.T @ Xs
+                dlog_ls -= (Xs * (dZ @ freqs)).sum(0)
+            dv = dv * scale
+            return (None, dv.reshape(v.shape), None, None, dlog_ls * scale, dlog_amp * scale,
+                    dfreqs * scale)
+
+    return Products
 
 
 class RFFGP:
@@ -281,9 +331,11 @@ class RFFGP:
                 p.requires_grad for p in (t, *self.kernel_params))
 
         def matvec(v: Any) -> Any:
-            if cached is not None and not graph(v):
-                return cached @ v
-            return torch.cat(self._batched(_FeatureBlock.matvec, X, v, True))
+            if not graph(v):
+                if cached is not None:
+                    return cached @ v
+                return torch.cat(self._batched(_FeatureBlock.matvec, X, v, True))
+            return _products().apply(X, v, cached, self.batch, *self.kernel_params)
 
         def rmatvec(u: Any) -> Any:
             if cached is not None and not graph(u):
@@ -352,6 +404,8 @@ class RFFGP:
         import torch
 
         self._check_inputs(X)
+        if torch.is_grad_enabled():
+            return _products().apply(X, w, None, self.batch, *self.kernel_params), self.noise ** 2
         return torch.cat(self._batched(_FeatureBlock.matvec, X, w, True)), self.noise ** 2
 
 
