@@ -590,7 +590,8 @@ def fit(gp: RFFGP, X_train: Any, y_train: Any, X_val: Any = None, y_val: Any = N
         value.backward()
         opt.step()
         elapsed += time.perf_counter() - start
-        record = {"step": step, "objective": float(value), "itn": itn, "seconds": elapsed}
+        record = {"step": step, "objective": float(value.detach()), "itn": itn,
+                  "seconds": elapsed}
         history.append(record)
         if bar is not None:
             bar.set_postfix(objective=f"{record['objective']:.4f}", lsmr_itn=itn)

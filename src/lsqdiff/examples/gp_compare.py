@@ -24,7 +24,8 @@ predictive variance: the plug-in ``sigma^2`` for the RFF models (see
 GPyTorch and scikit-learn.
 
     python -m lsqdiff.examples.gp_compare --dataset diamonds [--seeds 0 1 2]
-        [--small] [--out DIR] [--methods ...] [--steps N] [--features D]
+        [--small] [--out DIR] [--methods ...] [--steps N] [--features D] [--rows N]
+    python -m lsqdiff.examples.gp_compare --merge run0/gp_diamonds.json run1/... --out DIR
 """
 
 from __future__ import annotations
@@ -299,11 +300,43 @@ def run(dataset: str = "diamonds", seeds: Sequence[int] = (0, 1, 2), *, small: b
     result["settings"] = dict(cfg, dataset=dataset, seeds=list(seeds), small=small,
                               columns=data["columns"], start=START)
     if out is not None:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, f"gp_{dataset}.json"), "w") as f:
-            json.dump(result, f, indent=1)
-        plot(result, os.path.join(out, f"gp_{dataset}.png"))
+        _write(result, out)
     return result
+
+
+def _write(result: dict, out: str) -> None:
+    name = f"gp_{result['settings']['dataset']}"
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    plot(result, os.path.join(out, f"{name}.png"))
+
+
+def merge(results: Sequence[dict]) -> dict:
+    """One result from runs of the same data set and settings on other seeds
+    (e.g. one process per seed): the seeds' figures side by side.
+
+    Examples
+    --------
+    >>> from lsqdiff.examples.gp_compare import merge
+    >>> a = {"start": {"seeds": [{"test_rmse": 1.0}]}, "settings": {"seeds": [0], "steps": 5}}
+    >>> b = {"start": {"seeds": [{"test_rmse": 2.0}]}, "settings": {"seeds": [1], "steps": 5}}
+    >>> m = merge([a, b])
+    >>> m["settings"]["seeds"], [r["test_rmse"] for r in m["start"]["seeds"]]
+    ([0, 1], [1.0, 2.0])
+    """
+    if not results:
+        raise ValueError("results: nothing to merge")
+    first = results[0]
+    keep = {k: v for k, v in first["settings"].items() if k != "seeds"}
+    for r in results[1:]:
+        other = {k: v for k, v in r["settings"].items() if k != "seeds"}
+        if other != keep or set(r) != set(first):
+            raise ValueError("results: runs of different data sets, settings or methods")
+    out: dict = {m: {"seeds": [s for r in results for s in r[m]["seeds"]]}
+                 for m in first if m != "settings"}
+    out["settings"] = dict(keep, seeds=[s for r in results for s in r["settings"]["seeds"]])
+    return out
 
 
 def _mean_std(values: list[float], fmt: str) -> str:
@@ -401,7 +434,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--rows", type=int, help="keep this many rows (default: all)")
     ap.add_argument("--out", default=".", help="folder for the JSON and PNG (default: .)")
     ap.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads (default 1)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="only merge the JSON results of earlier runs (one per seed) into "
+                         "one table, JSON and plot in --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        parts = []
+        for path in args.merge:
+            with open(path) as f:
+                parts.append(json.load(f))
+        result = merge(parts)
+        _write(result, args.out)
+        print(describe(result))
+        return result
     import torch
 
     torch.set_num_threads(args.threads)
