@@ -183,7 +183,7 @@ def _gpytorch(name: str, T: dict, cfg: dict, seed: int, progress: bool) -> dict:
         opt.step()
         elapsed += time.perf_counter() - start
         if bar is not None:
-            bar.set_postfix(objective=f"{float(loss):.4f}")
+            bar.set_postfix(objective=f"{float(loss.detach()):.4f}")
             bar.update()
         if (step + 1) % cfg["every"] == 0 or step + 1 == steps:
             s = score()
