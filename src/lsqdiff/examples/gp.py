@@ -123,12 +123,17 @@ class _FeatureBlock:
         return scale * torch.cat([torch.cos(Z).T @ u, torch.sin(Z).T @ u])
 
     @staticmethod
-    def gram(Xb: Any, yb: Any, log_ls: Any, log_amp: Any, freqs: Any) -> tuple[Any, Any]:
+    def dense(Xb: Any, _: Any, log_ls: Any, log_amp: Any, freqs: Any) -> Any:
         import torch
 
         h = freqs.shape[0]
         Z = (Xb / torch.exp(log_ls)) @ freqs.T
-        F = torch.exp(log_amp) * math.sqrt(1.0 / h) * torch.cat([torch.cos(Z), torch.sin(Z)], 1)
+        return torch.exp(log_amp) * math.sqrt(1.0 / h) * torch.cat([torch.cos(Z), torch.sin(Z)],
+                                                                   1)
+
+    @staticmethod
+    def gram(Xb: Any, yb: Any, log_ls: Any, log_amp: Any, freqs: Any) -> tuple[Any, Any]:
+        F = _FeatureBlock.dense(Xb, None, log_ls, log_amp, freqs)
         return F.T @ F, F.T @ yb
 
 
@@ -322,9 +327,7 @@ class RFFGP:
         cached = None
         if n * D * X.element_size() <= self.cache_bytes:
             with torch.no_grad():
-                cached = torch.cat(self._batched(
-                    lambda Xb, _, *p: _FeatureBlock.matvec(Xb, torch.eye(D, dtype=Xb.dtype), *p),
-                    X, None, True))
+                cached = torch.cat(self._batched(_FeatureBlock.dense, X, None, True))
 
         def graph(t: Any) -> bool:  # the gradient's products: through the parameters
             return torch.is_grad_enabled() and any(
@@ -357,11 +360,8 @@ class RFFGP:
         >>> round(float((F ** 2).sum().detach()), 10)  # phi(x)^T phi(x) = a^2
         4.0
         """
-        import torch
-
         self._check_inputs(X)
-        eye = torch.eye(self.num_features, dtype=self.dtype)
-        return _FeatureBlock.matvec(X, eye, *self.kernel_params)
+        return _FeatureBlock.dense(X, None, *self.kernel_params)
 
     # -- posterior -----------------------------------------------------------
     def posterior_weights(self, X: Any, y: Any, *, atol: float = 1e-6, btol: float = 1e-6,
