@@ -110,6 +110,15 @@ def test_marginal_gradient_matches_dense_reference():
         torch.testing.assert_close(g, r, rtol=1e-7, atol=1e-10)
 
 
+def test_fixed_frequencies_get_no_gradient_and_stay():
+    gp = gpmod.RFFGP(DIM, D, seed=1, train_frequencies=False)
+    before = gp.frequencies.clone()
+    assert len(gp.parameters()) == 3
+    gpmod.fit(gp, *_data(), steps=3, lr=0.1, maxiter=100)
+    assert torch.equal(gp.frequencies, before) and gp.frequencies.grad is None
+    assert not torch.equal(gp.log_lengthscale, torch.zeros(DIM, dtype=torch.float64))
+
+
 def test_fit_lowers_the_validation_objective():
     gp = _model(2**30)
     hist = gpmod.fit(gp, *_data(), steps=25, lr=0.1, maxiter=100)

@@ -209,6 +209,9 @@ class RFFGP:
         Of the parameters; the data must match it.
     batch : int
         Rows per feature batch in the products (memory: ``batch x D``).
+    train_frequencies : bool
+        Whether the frequencies are tuned (in `parameters`) or stay at their
+        random draw. ``D/2 x d`` of them can overfit a small validation split.
     cache_bytes : int
         A solve whose features take at most this many bytes builds them once
         (batch by batch) and reuses them in each LSMR iteration; larger ones
@@ -229,7 +232,8 @@ class RFFGP:
 
     def __init__(self, dim: int, features: int = 1024, *, lengthscale: Any = 1.0,
                  amplitude: float = 1.0, noise: float = 0.3, seed: int = 0,
-                 dtype: Any = None, batch: int = 8192, cache_bytes: int = 2**31):
+                 dtype: Any = None, batch: int = 8192, train_frequencies: bool = True,
+                 cache_bytes: int = 2**31):
         import torch
 
         dtype = torch.float64 if dtype is None else dtype
@@ -251,7 +255,9 @@ class RFFGP:
         self.log_amplitude = torch.log(amp).to(dtype).requires_grad_()
         self.log_noise = torch.log(sigma).to(dtype).requires_grad_()
         self.frequencies = torch.randn(features // 2, dim, generator=g,
-                                       dtype=torch.float64).to(dtype).requires_grad_()
+                                       dtype=torch.float64).to(dtype)
+        self.train_frequencies = bool(train_frequencies)
+        self.frequencies.requires_grad_(self.train_frequencies)
 
     # -- hyperparameters -------------------------------------------------
     @property
@@ -260,8 +266,9 @@ class RFFGP:
         return [self.log_lengthscale, self.log_amplitude, self.frequencies]
 
     def parameters(self) -> list[Any]:
-        """All trainable tensors: the kernel's and ``log_noise``."""
-        return [*self.kernel_params, self.log_noise]
+        """All trainable tensors: the kernel's (the frequencies only if
+        ``train_frequencies``) and ``log_noise``."""
+        return [t for t in (*self.kernel_params, self.log_noise) if t.requires_grad]
 
     @property
     def lengthscale(self) -> Any:
