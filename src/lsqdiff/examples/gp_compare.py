@@ -380,10 +380,12 @@ def describe(result: dict) -> str:
                      f"{_mean_std([r['itn_per_solve'] for r in rs], '.0f')} |")
     if "rff-predictive" in result and "rff-marginal" in result:
         reach = seconds_to_reach(result)
-        lines += ["", f"rff-predictive reached rff-marginal's final test RMSE after "
-                  f"{_mean_std(reach, '.1f')} s of tuning in {sum(map(math.isfinite, reach))} "
-                  f"of {len(reach)} seeds (rff-marginal tuned for "
-                  f"{_mean_std([r['seconds'] for r in result['rff-marginal']['seeds']], '.1f')} s)"]
+        hits = sum(map(math.isfinite, reach))
+        marginal = _mean_std([r["seconds"] for r in result["rff-marginal"]["seeds"]], ".1f")
+        lines += ["", (f"rff-predictive reached rff-marginal's final test RMSE after "
+                       f"{_mean_std(reach, '.1f')} s of tuning in {hits} of {len(reach)} seeds"
+                       if hits else "rff-predictive did not reach rff-marginal's final test "
+                       "RMSE in any seed") + f" (rff-marginal tuned for {marginal} s)"]
     return "\n".join(lines)
 
 
