@@ -49,8 +49,8 @@ METHODS = ("start", "rff-predictive", "rff-marginal", "gpytorch-ml", "gpytorch-l
 SETTINGS = {
     "diamonds": dict(features=256, steps=20, lr=0.1, tol=1e-4, gp_subset=2000, gp_steps=60,
                      sk_subset=1000, every=4),
-    "flights": dict(features=1024, steps=3, lr=0.1, tol=1e-4, gp_subset=2000, gp_steps=60,
-                    sk_subset=1000, every=1),
+    "flights": dict(features=1024, steps=2, lr=0.1, tol=1e-4, gp_subset=2000, gp_steps=60,
+                    sk_subset=1000, every=2),
     # 265 training rows: fixed frequencies (32 x 10 trained ones overfit 88 validation rows)
     "diabetes": dict(features=64, steps=100, lr=0.05, tol=1e-6, gp_subset=None, gp_steps=100,
                      sk_subset=None, every=10, train_frequencies=False),
