@@ -47,7 +47,7 @@ METHODS = ("start", "rff-predictive", "rff-marginal", "gpytorch-ml", "gpytorch-l
 #: Per data set: RFF features, Adam steps and learning rate, LSMR tolerance while
 #: tuning, GPyTorch subset and steps, scikit-learn subset, steps between traced points.
 SETTINGS = {
-    "diamonds": dict(features=256, steps=20, lr=0.1, tol=1e-4, gp_subset=2000, gp_steps=60,
+    "diamonds": dict(features=256, steps=20, lr=0.1, tol=1e-4, gp_subset=1000, gp_steps=60,
                      sk_subset=1000, every=4),
     "flights": dict(features=1024, steps=2, lr=0.1, tol=1e-4, gp_subset=2000, gp_steps=60,
                     sk_subset=1000, every=2),
