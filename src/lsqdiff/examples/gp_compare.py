@@ -343,9 +343,13 @@ def merge(results: Sequence[dict]) -> dict:
     if not results:
         raise ValueError("results: nothing to merge")
     keep = {k: v for k, v in results[0]["settings"].items() if k != "seeds"}
+    same = ("dataset", "rows", "train", "small", "features", "steps", "lr", "tol")
     for r in results[1:]:
-        if {k: v for k, v in r["settings"].items() if k != "seeds"} != keep:
-            raise ValueError("results: runs of different data sets or settings")
+        if any(r["settings"].get(k) != keep.get(k) for k in same):
+            raise ValueError("results: runs of different data sets or RFF settings")
+        for k, v in r["settings"].items():  # the baselines' settings, from their own runs
+            if k.startswith(("gp_", "sk_")) and any(m.startswith(k[:2]) for m in r):
+                keep[k] = v
     seeds = sorted({s for r in results for s in r["settings"]["seeds"]})
     out: dict = {}
     for m in METHODS:
