@@ -308,3 +308,14 @@ def assert_converged(info):
     v = info_np(info)
     assert np.all(v["converged"]), f"not converged: istop={v['istop']}, itn={v['itn']}"
     assert np.all(np.isin(v["istop"], [0, 1, 2, 4, 5])), v["istop"]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One PyTorch thread for the test (tiny example models: more threads only
+    add synchronisation), restored afterwards."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,12 +14,7 @@ from lsqdiff.examples import gp as gpmod  # noqa: E402
 DIM, D, N_TRAIN, N_VAL = 3, 16, 40, 15
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(seed: int = 0):

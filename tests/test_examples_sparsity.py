@@ -15,13 +15,7 @@ torch = pytest.importorskip("torch")
 from lsqdiff.examples._pruning import GradualMask, L1Budget, schedule  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: more threads only add synchronisation (as the CLI does)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(dtype):
