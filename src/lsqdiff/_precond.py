@@ -37,7 +37,7 @@ import array_api_compat as aac
 
 from . import _lsmr, _validate
 from ._driver import as_operator
-from ._gradient import Cotangents
+from ._gradient import Cotangents, _where
 from ._info import CONVERGED_CODES, stopped_by
 from ._solve import _inspect_operator, _solve_dtype, prepare, solve as plain_solve
 from ._terms import Terms, real_inner
@@ -126,7 +126,7 @@ class Transformed:
         """The state of the two solves of ``min_norm``: iterations added; ``istop``,
         ``norma``, ``conda`` the first's where it did not converge, else the second's."""
         ok = stopped_by(first["istop"], CONVERGED_CODES)
-        later = {k: _pick(ok, second[k], first[k], self.xp) for k in ("istop", "norma", "conda")}
+        later = {k: _where(ok, second[k], first[k], self.xp) for k in ("istop", "norma", "conda")}
         return {**first, **later, "itn": first["itn"] + second["itn"]}
 
     def finish(self, y: Array, state: dict[str, Any], lsqr: bool) -> tuple[Array, dict[str, Any]]:
@@ -227,13 +227,6 @@ def solve(method: ModuleType, A: Any, b: Any, *, precond: Any, min_norm: bool = 
     e, second, _ = plain_solve(method, A, t.A.matvec(t.N.matvec(y)), **t.correction())
     x = e if t.x0 is None else t.x0 + e
     return x, t.diagnostics(x, t.merge(state, second), lsqr), backend
-
-
-def _pick(flag: Any, a: Any, b: Any, xp: Any) -> Any:
-    """``a`` where ``flag`` holds, else ``b`` (host values or arrays)."""
-    if isinstance(flag, bool):
-        return a if flag else b
-    return xp.where(flag, a, b)
 
 
 def vjp(method: ModuleType, A: Any, b: Any, *, precond: Any, min_norm: bool = False,
