@@ -17,6 +17,7 @@ da = pytest.importorskip("dask.array",
                          reason="dask is not installed (pip install 'dask[distributed]')")
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
 spla = pytest.importorskip("scipy.sparse.linalg", reason="the reference is SciPy's lsmr/lsqr")
+from lsqdiff.backends.dask import LOOKAHEAD  # noqa: E402  (needs dask)
 
 #: Each worker's memory limit; ``A`` in `test_larger_than_a_worker` exceeds it.
 WORKER_MEMORY = 8 * 2**20
@@ -95,13 +96,13 @@ def test_graph_does_not_grow(client, monkeypatch):
     A, b = _problem()
     lsqdiff.lsmr(da.from_array(A, chunks=(16, 8)), da.from_array(b, chunks=16), atol=0, btol=0,
                  conlim=0, maxiter=6)
-    assert len(sizes) == 6
+    assert len(sizes) == 6 + LOOKAHEAD  # iterations submitted past the stop are dropped
     # u: A's three row chunks (the first iteration also computes v = A^H u / alpha)
     assert sizes[0] <= 6 and max(sizes[1:]) <= 3
 
 
 def test_round_trips(sync, monkeypatch):
-    """Three values come back to the client per iteration: beta, alpha and ||x||."""
+    """One fetch per iteration: the state's scalars, together."""
     import dask
     import dask.base
 
@@ -121,7 +122,23 @@ def test_round_trips(sync, monkeypatch):
         calls.clear()
         lsqdiff.lsmr(Ad, bd, atol=0, btol=0, conlim=0, maxiter=maxiter)
         counts.append(len(calls))
-    assert (counts[1] - counts[0]) == 3 * 3
+    assert (counts[1] - counts[0]) == 3
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.float32])
+def test_complex_and_single(sync, dtype):
+    """The deferred scalars keep a complex solve SciPy's and a float32 one in float32."""
+    A, b = _problem(seed=5)
+    if dtype == np.complex128:
+        A, b = A + 1j * np.roll(A, 1, axis=0), b - 0.5j * b[::-1]
+    A, b = A.astype(dtype), b.astype(dtype)
+    x, info = lsqdiff.lsqr(da.from_array(A, chunks=(16, 8)), da.from_array(b, chunks=16),
+                           damp=0.1, atol=1e-6, btol=1e-6)
+    ref = spla.lsqr(A, b, damp=0.1, atol=1e-6, btol=1e-6)
+    assert x.dtype == dtype and isinstance(info.istop, int)
+    assert (info.istop, info.itn) == (ref[1], ref[2])
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(x.compute(), ref[0], rtol=tol, atol=tol * 0.1)
 
 
 def test_larger_than_a_worker(client):

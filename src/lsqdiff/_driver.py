@@ -37,7 +37,7 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
         S: Any = ArrayScalars(xp, scalar_dtype, device, batch, tiny)
         norm = backend.array_norm
     else:
-        S, norm = HostScalars(tiny), backend.host_norm
+        S, norm = backend.host_scalars(HostScalars(tiny))
     if xp.finfo(dtype).bits < 32:  # half precision: norms too in the scalars' float32
         norm = _in_dtype(norm, xp, scalar_dtype)
     m, n = op.shape

@@ -80,6 +80,12 @@ class Backend:
             state = body(state)
         return state
 
+    def host_scalars(self, host: Any) -> tuple[Any, Callable[[Any], Any]]:
+        """The scalar arithmetic and the norm of a solve with one right-hand side,
+        given `lsqdiff._scalars.HostScalars` ``host``: here ``host`` itself and
+        `host_norm` (Dask defers both to its workers)."""
+        return host, self.host_norm
+
     def vector_ops(self, batched: bool) -> Any:
         """How the solver updates its long vectors (`lsqdiff._vectors`); ``batched``
         is true for traced loops and several right-hand sides."""

@@ -27,7 +27,7 @@ inside the loop.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import dask
@@ -36,59 +36,24 @@ import numpy as np
 
 from ..operator import LinearOperator
 from ._base import Backend, State, plain_norm_ok
+from ._deferred import DeferredScalars, leaf, settle
 
 
-class Persisted:
-    """Vector updates (`lsqdiff._vectors.NewArrays`) for Dask arrays, each
-    persisted as it is made, except within a group of updates (``sweep``): that
-    is persisted as a whole, together with the norms it needs, in one
-    submission, and the norms are then fetched in one round trip."""
+LOOKAHEAD = 1
 
-    inplace = False
 
-    def __init__(self, backend: DaskBackend):
-        self.backend = backend
-        self._grouped = False
-
-    def _made(self, v: Any) -> Any:
-        return v if self._grouped else v.persist()
-
-    def xpay(self, x: Any, a: Any, y: Any) -> Any:
-        return self._made(x + a * y)
-
-    def axpy(self, a: Any, x: Any, y: Any) -> Any:
-        return self._made(y + a * x)
-
-    def scale(self, a: Any, y: Any) -> Any:
-        return self._made(y * a)
-
-    @staticmethod
-    def own(y: Any) -> Any:
-        return y
-
-    def sweep(self, body: Callable[..., tuple[tuple[Any, ...], tuple[Any, ...]]],
-              vectors: Sequence[Any], norm: Callable[[Any], Any]
-              ) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        host = norm == self.backend.host_norm
-        self._grouped = True
-        try:
-            # Lazy norms, for the host ones to be computed with the group; several
-            # right-hand sides (and half precision) bring norms of their own.
-            new, norms = body(self.backend.array_norm if host else norm, *vectors)
-        finally:
-            self._grouped = False
-        if not host:
-            return tuple(dask.persist(*new)), norms
-        new, norms = dask.persist(new, norms)
-        return tuple(new), tuple(float(r) for r in dask.compute(*norms))
+def _submit(state: State) -> tuple[State, tuple[list[str], Any]]:
+    """Persist a state's vectors and scalars in one submission: returns the state
+    (its scalars leaves of one persisted task) and ``(keys, task)`` to fetch them."""
+    arrays = {k: v for k, v in state.items() if isinstance(v, da.Array)}
+    keys = [k for k in state if k not in arrays]
+    task, leaves = settle([state[k] for k in keys])
+    arrays, done = dask.persist(arrays, task)
+    return {**arrays, **dict(zip(keys, leaves(done)))}, (keys, done)
 
 
 class DaskBackend(Backend):
     name = "dask"
-
-    def __init__(self, xp: Any):
-        super().__init__(xp)
-        self._vectors = Persisted(self)
 
     def prepare_inputs(self, A: Any, b: Any, x0: Any) -> tuple[Any, Any, Any]:
         if b.ndim == 2:  # one chunk across the columns of a block: norms are per column
@@ -102,22 +67,30 @@ class DaskBackend(Backend):
             x0 = x0.rechunk({0: cols, **({1: -1} if x0.ndim == 2 else {})}).persist()
         return A, b, x0
 
-    def vector_ops(self, batched: bool) -> Any:
-        return self._vectors
+    def host_scalars(self, host: Any) -> tuple[Any, Callable[[Any], Any]]:
+        return DeferredScalars(host), lambda v: leaf(self.array_norm(v))
 
     def while_loop(self, cond: Callable[[State], Any], body: Callable[[State], State],
                    state: State) -> State:
-        # The first u and v are lazy (A^H u computed for alpha's sake): computed
-        # once more here, not once per update that reads them. The scalars of
-        # several right-hand sides are Dask arrays: persisting them every
-        # iteration cuts each iteration's graph from the previous ones.
-        batched = isinstance(state["istop"], da.Array)
-        (state,) = dask.persist(state)
-        while bool(cond(state)):
-            state = body(state)
-            if batched:
-                (state,) = dask.persist(state)
-        return state
+        if isinstance(state["istop"], da.Array):  # several right-hand sides: array scalars
+            (state,) = dask.persist(state)
+            while bool(cond(state)):
+                (state,) = dask.persist(body(state))
+            return state
+        # One right-hand side: each state is submitted (vectors and scalars in one
+        # persist) LOOKAHEAD iterations before its scalars are fetched, so the
+        # round trip overlaps the next iterations' work. Iterations past the stop
+        # change nothing (`DeferredScalars.batched`) and are dropped.
+        submitted = [_submit(state)]
+        while True:
+            while len(submitted) <= LOOKAHEAD:
+                submitted.append(_submit(body(submitted[-1][0])))
+            state, (keys, done) = submitted.pop(0)
+            host = {**state, **dict(zip(keys, done.compute().item()))}
+            if not cond(host):
+                return host
+            if not submitted:
+                submitted.append(_submit(body(state)))
 
     def solve_context(self) -> Any:
         # As for NumPy: stopped columns of a 2-D b divide by zero, results masked.
