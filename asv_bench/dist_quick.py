@@ -16,7 +16,10 @@ For each size it prints, measured side by side in one process (round-robin):
   side pays a dispatch per product; Dask: the product persisted on the cluster
   and waited for, one submission and one round trip);
 * ``ratio`` = iteration / AhAv (target <= 1.5) and ``overhead`` = iteration -
-  AhAv in milliseconds (Dask: the cost of the round trips and submissions).
+  AhAv in milliseconds (Dask: the cost of the round trips and submissions);
+* ``round trips``: Dask only, results brought back to the client per
+  iteration (calls of ``Client.gather``, counted over the same two solves;
+  0 for JAX, whose loop never leaves the devices).
 
 Each figure is the median of ``--repeats`` rounds. ``--out DIR`` also writes
 ``dist_<engine>.json`` there. XLA and the BLAS run one thread per device or
@@ -107,17 +110,38 @@ def bench_dask(sizes, repeats):
                 x, _ = lsqdiff.lsmr(A, b, atol=0, btol=0, conlim=0, maxiter=k)
                 distributed.wait(x)
 
+            trips = {k: _gathers(distributed.Client, lambda k=k: solve(k)) for k in (K, 2 * K)}
+
             t = median_rounds({
                 "short": lambda: solve(K), "long": lambda: solve(2 * K),
                 "AhAv": lambda: distributed.wait((A.T @ (A @ v)).persist())}, repeats)
-            rows.append(row(m, n, t, "2 workers, 4 row chunks"))
+            rows.append(row(m, n, t, "2 workers, 4 row chunks",
+                            round_trips=(trips[2 * K] - trips[K]) / K))
     return rows
 
 
-def row(m, n, t, setup):
+def _gathers(client_class, fn) -> int:
+    """How many times ``fn`` brings results back to the client (``Client.gather``)."""
+    gather = client_class.gather
+    calls = []
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return gather(self, *args, **kwargs)
+
+    client_class.gather = counting
+    try:
+        fn()
+    finally:
+        client_class.gather = gather
+    return len(calls)
+
+
+def row(m, n, t, setup, round_trips=0.0):
     it = (t["long"] - t["short"]) / K
     return dict(m=m, n=n, setup=setup, iteration_ms=1e3 * it, AhAv_ms=1e3 * t["AhAv"],
-                ratio=it / t["AhAv"], overhead_ms=1e3 * (it - t["AhAv"]))
+                ratio=it / t["AhAv"], overhead_ms=1e3 * (it - t["AhAv"]),
+                round_trips=round_trips)
 
 
 def main() -> None:
@@ -142,10 +166,11 @@ def main() -> None:
     if args.small:
         print("--small: a smoke test of the script, not results")
     print(f"{'m x n':>12} {'setup':>26} {'iteration ms':>13} {'AhAv ms':>9} {'ratio':>6} "
-          f"{'overhead ms':>12}")
+          f"{'overhead ms':>12} {'round trips':>11}")
     for r in rows:
         print(f"{r['m']:>6}x{r['n']:<5} {r['setup']:>26} {r['iteration_ms']:13.2f} "
-              f"{r['AhAv_ms']:9.2f} {r['ratio']:6.2f} {r['overhead_ms']:12.2f}")
+              f"{r['AhAv_ms']:9.2f} {r['ratio']:6.2f} {r['overhead_ms']:12.2f} "
+              f"{r['round_trips']:11.1f}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, f"dist_{args.engine}.json"), "w") as f:

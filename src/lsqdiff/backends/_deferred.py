@@ -53,8 +53,8 @@ def _binary(op: Callable[[Any, Any], Any], swap: bool = False) -> Callable[[Any,
     def method(self: Deferred, other: Any) -> Any:
         a, b = (other, self) if swap else (self, other)
         if isinstance(other, da.Array):  # a vector: the scalar goes into its graph
-            a, b = (lift(a, other.dtype) if a is self else a), (lift(b, other.dtype) if b is self else b)
-            return op(a, b)
+            lifted = lift(self, other.dtype)
+            return op(other, lifted) if swap else op(lifted, other)
         return _apply(op, a, b)
     return method
 

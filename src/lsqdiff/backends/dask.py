@@ -1,21 +1,24 @@
 """Dask adapter: solves on ``dask.array`` inputs whose vectors stay distributed.
 
 The solver's long vectors are Dask arrays chunked like ``A`` (``u`` by ``A``'s
-row chunks, ``v`` and ``x`` by its column chunks). Every vector update (with
-the product it reads) is persisted as soon as it is made, a group of updates
-together (`Persisted`): under a distributed client that submits its tasks and
-returns at once, and the next update builds on the result, so no graph ever
-reaches back past the previous update, none grows with the iteration count,
-and no product is computed twice. The scalar recurrences run on
-the client (`lsqdiff._scalars.HostScalars`); what comes back to it are the
-norms the recurrence needs before it can go on: ``beta = ||A v - alpha u||``,
-then ``alpha = ||A^H u - beta v||``, then ``||x||`` for the stopping test,
-three round trips per iteration of LSMR or LSQR, each a reduction of three
-numbers per chunk. Each norm is one pass over its vector: every chunk gives its
-sum of squares and its scaled sum of squares, and a single task combines them
-(`lsqdiff.backends._base` explains the scaling). Several right-hand sides (2-D
-``b``) keep their scalars as Dask arrays, persisted with the state once per
-iteration.
+row chunks, ``v`` and ``x`` by its column chunks). Each iteration is built as
+one lazy graph -- the two products, the vector updates, the three norms and the
+scalar recurrences -- and the new state is persisted in one submission, so no
+graph reaches back past the previous state, none grows with the iteration
+count, and no product is computed twice. The scalar recurrences of one
+right-hand side are deferred to the workers (`lsqdiff.backends._deferred`):
+they run with the host's Python-float arithmetic, in one task per scalar that
+a vector update needs and one for the whole state, so nothing waits for a norm
+on the client. The only value that comes back is the state's scalars, in one
+round trip per iteration, fetched while the next iteration already runs
+(`LOOKAHEAD`); the loop stops at the same iteration as on the host, and the
+iteration submitted past the stop is dropped (stopped states are frozen by
+masking, so it changes nothing). Each norm is one pass over its vector: every
+chunk gives its sum of squares, its scaled sum of squares and its largest
+entry, and a single task combines them (`lsqdiff.backends._base` explains the
+scaling). Several right-hand sides (2-D ``b``) keep their scalars as Dask
+arrays, persisted with the state once per iteration and the stop test fetched
+once per iteration.
 
 ``A`` is persisted once per solve (if it is not already, its chunks are
 computed once, not once per product), and ``b`` and ``x0`` are rechunked to
@@ -39,6 +42,9 @@ from ._base import Backend, State, plain_norm_ok
 from ._deferred import DeferredScalars, leaf, settle
 
 
+#: Iterations submitted before the oldest state's scalars are fetched: 1 overlaps
+#: each round trip with the next iteration's work, at the price of one
+#: iteration's work wasted at the stop.
 LOOKAHEAD = 1
 
 
