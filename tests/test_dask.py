@@ -66,6 +66,17 @@ def sync():
         yield
 
 
+def test_no_iteration(sync):
+    """maxiter = 0 never enters the loop: its diagnostics come back as host values."""
+    A, b = _problem()
+    x, info = lsqdiff.lsqr(da.from_array(A, chunks=(16, 8)), da.from_array(b, chunks=16),
+                           maxiter=0)
+    ref = spla.lsqr(A, b, iter_lim=0)
+    assert (info.istop, info.itn, info.converged) == (7, 0, False)
+    np.testing.assert_allclose(x.compute(), ref[0])
+    assert info.normr == pytest.approx(ref[3], rel=1e-12)
+
+
 def test_block_columns_and_operator(sync):
     """A block of right-hand sides, A chunked by rows and columns, and a
     LinearOperator over Dask arrays, all against NumPy's solve."""

@@ -63,6 +63,9 @@ for _name, _op in (("add", operator.add), ("sub", operator.sub), ("mul", operato
                    ("truediv", operator.truediv), ("pow", operator.pow)):
     setattr(Deferred, f"__{_name}__", _binary(_op))
     setattr(Deferred, f"__r{_name}__", _binary(_op, swap=True))
+for _name, _op in (("and", operator.and_), ("or", operator.or_)):
+    setattr(Deferred, f"__{_name}__", _binary(_op))
+    setattr(Deferred, f"__r{_name}__", _binary(_op, swap=True))
 for _name, _op in (("lt", operator.lt), ("le", operator.le), ("gt", operator.gt),
                    ("ge", operator.ge), ("eq", operator.eq), ("ne", operator.ne)):
     setattr(Deferred, f"__{_name}__", _binary(_op))
@@ -211,3 +214,11 @@ def settle(values: Sequence[Any]) -> tuple[Any, Callable[[Any], list[Any]]]:
     leaf of that task's (persisted) result."""
     return (_task(_run_all, np.dtype(object), values),
             lambda done: [leaf(done, i) for i in range(len(values))])
+
+
+def evaluate(value: Any) -> Any:
+    """A `Deferred` value brought to the client as a Python number (one round
+    trip); other values pass unchanged."""
+    if not isinstance(value, Deferred):
+        return value
+    return settle([value])[0].compute().item()[0]

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..operator import LinearOperator
 from ._base import Backend, State, plain_norm_ok
-from ._deferred import DeferredScalars, leaf, settle
+from ._deferred import Deferred, DeferredScalars, evaluate, leaf, settle
 
 
 #: Iterations submitted before the oldest state's scalars are fetched: 1 overlaps
@@ -115,6 +115,8 @@ class DaskBackend(Backend):
             chunks=tuple((s,) for s in k), meta=np.empty((0,) * len(k), real))
 
     def to_host(self, value: Any) -> Any:
+        if isinstance(value, Deferred):  # a solve that never looped (maxiter = 0)
+            return evaluate(value)
         value = np.asarray(value.compute() if isinstance(value, da.Array) else value)
         return value.item() if value.ndim == 0 else value
 
