@@ -137,12 +137,30 @@ class _FeatureBlock:
         return F.T @ F, F.T @ yb
 
 
+def _feature_cache(X: Any, batch: int, log_ls: Any, log_amp: Any, freqs: Any) -> Any:
+    """``Phi(X)`` as one (n, D) tensor, built ``batch`` rows at a time straight
+    into place (no per-batch blocks to concatenate); no graph."""
+    import torch
+
+    h = freqs.shape[0]
+    ls, scale = torch.exp(log_ls), torch.exp(log_amp) * math.sqrt(1.0 / h)
+    out = torch.empty((X.shape[0], 2 * h), dtype=X.dtype)
+    with torch.no_grad():
+        for i in range(0, X.shape[0], batch):
+            Z = (X[i:i + batch] / ls) @ freqs.T
+            torch.cos(Z, out=out[i:i + batch, :h])
+            torch.sin(Z, out=out[i:i + batch, h:])
+            out[i:i + batch].mul_(scale)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _products() -> Any:
     """``Phi v`` as a torch.autograd.Function: the forward reuses the cached
-    features when there are any, the backward rebuilds each batch's cosines and
-    sines once and applies the derivative in closed form (checkpointing
-    through autograd would evaluate them three times)."""
+    features when there are any; the backward applies the derivative in closed
+    form, batch by batch, on those cached features or else on each batch's
+    features rebuilt once (checkpointing through autograd would evaluate them
+    three times), and computes only the gradients that are wanted."""
     import torch
     from torch.autograd.function import once_differentiable
 
@@ -150,38 +168,45 @@ def _products() -> Any:
         @staticmethod
         def forward(ctx: Any, X: Any, v: Any, cached: Any, batch: int, log_ls: Any,
                     log_amp: Any, freqs: Any) -> Any:
-            ctx.save_for_backward(X, v, log_ls, log_amp, freqs)
-            ctx.batch = batch
             if cached is not None:
-                return cached @ v
-            return torch.cat([_FeatureBlock.matvec(X[i:i + batch], v, log_ls, log_amp, freqs)
-                              for i in range(0, X.shape[0], batch)])
+                out = cached @ v
+            else:
+                out = torch.cat([_FeatureBlock.matvec(X[i:i + batch], v, log_ls, log_amp, freqs)
+                                 for i in range(0, X.shape[0], batch)])
+            ctx.save_for_backward(X, v, out, cached, log_ls, log_amp, freqs)
+            ctx.batch = batch
+            return out
 
         @staticmethod
         @once_differentiable
         def backward(ctx: Any, g: Any) -> tuple[Any, ...]:
-            X, v, log_ls, log_amp, freqs = ctx.saved_tensors
+            X, v, out, cached, log_ls, log_amp, freqs = ctx.saved_tensors
+            _, need_v, _, _, need_ls, need_amp, need_freqs = ctx.needs_input_grad
             h = freqs.shape[0]
-            scale = torch.exp(log_amp) * math.sqrt(1.0 / h)
             col = (lambda t: t[:, None]) if v.ndim == 1 else (lambda t: t)
             v1, v2, G = col(v[:h]), col(v[h:]), col(g)
             inv_ls = torch.exp(-log_ls)
-            dv = torch.zeros((2 * h, v1.shape[1]), dtype=v.dtype)
-            dfreqs, dlog_ls = torch.zeros_like(freqs), torch.zeros_like(log_ls)
-            dlog_amp = torch.zeros_like(log_amp)
+            dv = torch.zeros((2 * h, v1.shape[1]), dtype=v.dtype) if need_v else None
+            dfreqs = torch.zeros_like(freqs) if need_freqs else None
+            dlog_ls = torch.zeros_like(log_ls) if need_ls else None
             for i in range(0, X.shape[0], ctx.batch):
-                Xs, Gb = X[i:i + ctx.batch] * inv_ls, G[i:i + ctx.batch]
-                Z = Xs @ freqs.T
-                C, S = torch.cos(Z), torch.sin(Z)
-                dv[:h] += C.T @ Gb
-                dv[h:] += S.T @ Gb
-                dlog_amp += (Gb * (C @ v1 + S @ v2)).sum()
-                dZ = C * (Gb @ v2.T) - S * (Gb @ v1.T)
-                dfreqs += dZ.T @ Xs
-                dlog_ls -= (Xs * (dZ @ freqs)).sum(0)
-            dv = dv * scale
-            return (None, dv.reshape(v.shape), None, None, dlog_ls * scale, dlog_amp * scale,
-                    dfreqs * scale)
+                Gb = G[i:i + ctx.batch]
+                F = (cached[i:i + ctx.batch] if cached is not None else
+                     _FeatureBlock.dense(X[i:i + ctx.batch], None, log_ls, log_amp, freqs))
+                if need_v:
+                    dv += F.T @ Gb
+                if need_ls or need_freqs:
+                    # d(phi v)/dZ, scale included: cos' = -sin, sin' = cos
+                    dZ = (Gb @ v2.T).mul_(F[:, :h]).sub_((Gb @ v1.T).mul_(F[:, h:]))
+                    Xs = X[i:i + ctx.batch] * inv_ls
+                    if need_freqs:
+                        dfreqs += dZ.T @ Xs
+                    if need_ls:
+                        dlog_ls -= (Xs * (dZ @ freqs)).sum(0)
+            # phi is linear in the amplitude a: d(phi v)/d log a = phi v
+            dlog_amp = (g * out).sum() if need_amp else None
+            return (None, None if dv is None else dv.reshape(v.shape), None, None, dlog_ls,
+                    dlog_amp, dfreqs)
 
     return Products
 
@@ -330,11 +355,7 @@ class RFFGP:
         import torch
 
         self._check_inputs(X)
-        n, D = X.shape[0], self.num_features
-        cached = None
-        if n * D * X.element_size() <= self.cache_bytes:
-            with torch.no_grad():
-                cached = torch.cat(self._batched(_FeatureBlock.dense, X, None, True))
+        cached = self._cache(X)
 
         def graph(t: Any) -> bool:  # the gradient's products: through the parameters
             return torch.is_grad_enabled() and any(
@@ -354,6 +375,12 @@ class RFFGP:
 
         return lsqdiff.LinearOperator((X.shape[0], self.num_features), matvec, rmatvec,
                                       matmat=matvec, rmatmat=rmatvec, params=self.kernel_params)
+
+    def _cache(self, X: Any) -> Any:
+        """``Phi(X)`` as a tensor, no graph, when it fits in ``cache_bytes``; else None."""
+        if X.shape[0] * self.num_features * X.element_size() > self.cache_bytes:
+            return None
+        return _feature_cache(X, self.batch, *[t.detach() for t in self.kernel_params])
 
     def dense_features(self, X: Any) -> Any:
         """``Phi(X)`` as an explicit (n, D) tensor (for small data and references).
@@ -411,8 +438,9 @@ class RFFGP:
         import torch
 
         self._check_inputs(X)
-        if torch.is_grad_enabled():
-            return _products().apply(X, w, None, self.batch, *self.kernel_params), self.noise ** 2
+        if torch.is_grad_enabled():  # the features are kept for the backward if they fit
+            return (_products().apply(X, w, self._cache(X), self.batch, *self.kernel_params),
+                    self.noise ** 2)
         return torch.cat(self._batched(_FeatureBlock.matvec, X, w, True)), self.noise ** 2
 
 
