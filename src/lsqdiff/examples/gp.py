@@ -238,10 +238,12 @@ class RFFGP:
         Whether the frequencies are tuned (in `parameters`) or stay at their
         random draw. ``D/2 x d`` of them can overfit a small validation split.
     cache_bytes : int
-        A solve whose features take at most this many bytes builds them once
-        (batch by batch) and reuses them in each LSMR iteration; larger ones
-        rebuild them in every product (fully matrix-free). The gradient
-        rebuilds them batch by batch either way. 0 never caches.
+        Features of one operator (the training rows of a solve, or the rows
+        of a differentiated `predict`) that take at most this many bytes are
+        built once (batch by batch, into one tensor) and reused by each LSMR
+        iteration and by the gradient; larger ones are rebuilt batch by batch
+        in every product and in the gradient (fully matrix-free, memory: one
+        batch). 0 never caches.
 
     Examples
     --------
