@@ -187,26 +187,24 @@ def _products() -> Any:
             v1, v2, G = col(v[:h]), col(v[h:]), col(g)
             inv_ls = torch.exp(-log_ls)
             dv = torch.zeros((2 * h, v1.shape[1]), dtype=v.dtype) if need_v else None
-            dfreqs = torch.zeros_like(freqs) if need_freqs else None
-            dlog_ls = torch.zeros_like(log_ls) if need_ls else None
+            # With Z = (X / l) Omega^T: the frequencies' gradient is dZ^T (X / l), and
+            # the log-lengthscales' is -sum_k Omega_kj (dZ^T (X / l))_kj: one product.
+            dfreqs = torch.zeros_like(freqs) if need_ls or need_freqs else None
             for i in range(0, X.shape[0], ctx.batch):
                 Gb = G[i:i + ctx.batch]
                 F = (cached[i:i + ctx.batch] if cached is not None else
                      _FeatureBlock.dense(X[i:i + ctx.batch], None, log_ls, log_amp, freqs))
                 if need_v:
                     dv += F.T @ Gb
-                if need_ls or need_freqs:
+                if dfreqs is not None:
                     # d(phi v)/dZ, scale included: cos' = -sin, sin' = cos
                     dZ = (Gb @ v2.T).mul_(F[:, :h]).sub_((Gb @ v1.T).mul_(F[:, h:]))
-                    Xs = X[i:i + ctx.batch] * inv_ls
-                    if need_freqs:
-                        dfreqs += dZ.T @ Xs
-                    if need_ls:
-                        dlog_ls -= (Xs * (dZ @ freqs)).sum(0)
+                    dfreqs += dZ.T @ (X[i:i + ctx.batch] * inv_ls)
+            dlog_ls = -(freqs * dfreqs).sum(0) if need_ls else None
             # phi is linear in the amplitude a: d(phi v)/d log a = phi v
             dlog_amp = (g * out).sum() if need_amp else None
             return (None, None if dv is None else dv.reshape(v.shape), None, None, dlog_ls,
-                    dlog_amp, dfreqs)
+                    dlog_amp, dfreqs if need_freqs else None)
 
     return Products
 
