@@ -186,21 +186,31 @@ def _products() -> Any:
             col = (lambda t: t[:, None]) if v.ndim == 1 else (lambda t: t)
             v1, v2, G = col(v[:h]), col(v[h:]), col(g)
             inv_ls = torch.exp(-log_ls)
-            dv = torch.zeros((2 * h, v1.shape[1]), dtype=v.dtype) if need_v else None
-            # With Z = (X / l) Omega^T: the frequencies' gradient is dZ^T (X / l), and
-            # the log-lengthscales' is -sum_k Omega_kj (dZ^T (X / l))_kj: one product.
-            dfreqs = torch.zeros_like(freqs) if need_ls or need_freqs else None
+            k, d = v1.shape[1], X.shape[1]
+            dv = torch.zeros((2 * h, k), dtype=v.dtype) if need_v else None
+            # With Z = (X / l) Omega^T and dZ = d(phi v)/dZ = C o (G v2^T) - S o (G v1^T)
+            # (scale included; cos' = -sin, sin' = cos), the frequencies' gradient is
+            # dZ^T (X / l) and the log-lengthscales' -sum_k Omega_kj (dZ^T (X / l))_kj.
+            # dZ^T (X / l) is summed as sum_j diag(v2_j) C^T (G_j o X / l) - diag(v1_j)
+            # S^T (G_j o X / l): one product [G_1 o X/l, ...]^T Phi per batch, no n x D/2
+            # temporaries.
+            want_dZ = need_ls or need_freqs
+            P = torch.zeros((k * d, 2 * h), dtype=v.dtype) if want_dZ else None
             for i in range(0, X.shape[0], ctx.batch):
                 Gb = G[i:i + ctx.batch]
                 F = (cached[i:i + ctx.batch] if cached is not None else
                      _FeatureBlock.dense(X[i:i + ctx.batch], None, log_ls, log_amp, freqs))
                 if need_v:
-                    dv += F.T @ Gb
-                if dfreqs is not None:
-                    # d(phi v)/dZ, scale included: cos' = -sin, sin' = cos
-                    dZ = (Gb @ v2.T).mul_(F[:, :h]).sub_((Gb @ v1.T).mul_(F[:, h:]))
-                    dfreqs += dZ.T @ (X[i:i + ctx.batch] * inv_ls)
-            dlog_ls = -(freqs * dfreqs).sum(0) if need_ls else None
+                    dv += (Gb.T @ F).T  # faster than F.T @ Gb for a block Gb
+                if want_dZ:
+                    Xs = X[i:i + ctx.batch] * inv_ls
+                    P += (Gb[:, :, None] * Xs[:, None, :]).reshape(-1, k * d).T @ F
+            dfreqs = dlog_ls = None
+            if want_dZ:
+                P = P.reshape(k, d, 2 * h)
+                dfreqs = (torch.einsum("hj,jdh->hd", v2, P[:, :, :h])
+                          - torch.einsum("hj,jdh->hd", v1, P[:, :, h:]))
+                dlog_ls = -(freqs * dfreqs).sum(0) if need_ls else None
             # phi is linear in the amplitude a: d(phi v)/d log a = phi v
             dlog_amp = (g * out).sum() if need_amp else None
             return (None, None if dv is None else dv.reshape(v.shape), None, None, dlog_ls,
