@@ -147,12 +147,13 @@ def test_small_run_gpytorch_baselines():
     pytest.importorskip("gpytorch", reason="the GPyTorch baselines (examples extra)")
     from lsqdiff.examples.gp_compare import run
 
-    r = run("diamonds", seeds=[0], small=True, methods=["start", "gpytorch-ml", "gpytorch-loo"])
+    r = run("diamonds", seeds=[0], small=True, methods=["start", "gpytorch-ml", "gpytorch-loo"],
+            gp_subset=250)
     for m in ("gpytorch-ml", "gpytorch-loo"):
         s = r[m]["seeds"][0]
         assert math.isfinite(s["test_nlpd"]), m
         assert s["test_rmse"] < r["start"]["seeds"][0]["test_rmse"], m
-        assert len(s["lengthscale_after"]) == 9 and s["subset"] == 300
+        assert len(s["lengthscale_after"]) == 9 and s["subset"] == 250
 
 
 @pytest.mark.parametrize("arg, change, match", [
@@ -196,6 +197,10 @@ def test_bad_options_name_the_argument():
         gpmod.predictive_loss(_model(0), *data, loss="mae")
     with pytest.raises(TypeError, match="y_train must be a torch.Tensor"):
         gpmod.fit(_model(0), data[0], data[1].numpy(), *data[2:])
+    from lsqdiff.examples.gp_compare import run
+
+    with pytest.raises(ValueError, match="gp_subset must be a positive integer"):
+        run("diabetes", seeds=[0], methods=["gpytorch-ml"], gp_subset=0)
 
 
 def test_jax_recipe_gradient_matches_torch():

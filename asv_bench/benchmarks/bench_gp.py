@@ -58,6 +58,9 @@ class GPStep:
     def track_lsmr_iterations(self):
         return self.solve()
 
+    def track_backward_lsmr_iterations(self):
+        return self.step()[1]
+
 
 class GPTuning:
     timeout = 1800

@@ -137,12 +137,30 @@ class _FeatureBlock:
         return F.T @ F, F.T @ yb
 
 
+def _feature_cache(X: Any, batch: int, log_ls: Any, log_amp: Any, freqs: Any) -> Any:
+    """``Phi(X)`` as one (n, D) tensor, built ``batch`` rows at a time straight
+    into place (no per-batch blocks to concatenate); no graph."""
+    import torch
+
+    h = freqs.shape[0]
+    ls, scale = torch.exp(log_ls), torch.exp(log_amp) * math.sqrt(1.0 / h)
+    out = torch.empty((X.shape[0], 2 * h), dtype=X.dtype)
+    with torch.no_grad():
+        for i in range(0, X.shape[0], batch):
+            Z = (X[i:i + batch] / ls) @ freqs.T
+            torch.cos(Z, out=out[i:i + batch, :h])
+            torch.sin(Z, out=out[i:i + batch, h:])
+            out[i:i + batch].mul_(scale)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _products() -> Any:
     """``Phi v`` as a torch.autograd.Function: the forward reuses the cached
-    features when there are any, the backward rebuilds each batch's cosines and
-    sines once and applies the derivative in closed form (checkpointing
-    through autograd would evaluate them three times)."""
+    features when there are any; the backward applies the derivative in closed
+    form, batch by batch, on those cached features or else on each batch's
+    features rebuilt once (checkpointing through autograd would evaluate them
+    three times), and computes only the gradients that are wanted."""
     import torch
     from torch.autograd.function import once_differentiable
 
@@ -150,38 +168,53 @@ def _products() -> Any:
         @staticmethod
         def forward(ctx: Any, X: Any, v: Any, cached: Any, batch: int, log_ls: Any,
                     log_amp: Any, freqs: Any) -> Any:
-            ctx.save_for_backward(X, v, log_ls, log_amp, freqs)
-            ctx.batch = batch
             if cached is not None:
-                return cached @ v
-            return torch.cat([_FeatureBlock.matvec(X[i:i + batch], v, log_ls, log_amp, freqs)
-                              for i in range(0, X.shape[0], batch)])
+                out = cached @ v
+            else:
+                out = torch.cat([_FeatureBlock.matvec(X[i:i + batch], v, log_ls, log_amp, freqs)
+                                 for i in range(0, X.shape[0], batch)])
+            ctx.save_for_backward(X, v, out, cached, log_ls, log_amp, freqs)
+            ctx.batch = batch
+            return out
 
         @staticmethod
         @once_differentiable
         def backward(ctx: Any, g: Any) -> tuple[Any, ...]:
-            X, v, log_ls, log_amp, freqs = ctx.saved_tensors
+            X, v, out, cached, log_ls, log_amp, freqs = ctx.saved_tensors
+            _, need_v, _, _, need_ls, need_amp, need_freqs = ctx.needs_input_grad
             h = freqs.shape[0]
-            scale = torch.exp(log_amp) * math.sqrt(1.0 / h)
             col = (lambda t: t[:, None]) if v.ndim == 1 else (lambda t: t)
             v1, v2, G = col(v[:h]), col(v[h:]), col(g)
             inv_ls = torch.exp(-log_ls)
-            dv = torch.zeros((2 * h, v1.shape[1]), dtype=v.dtype)
-            dfreqs, dlog_ls = torch.zeros_like(freqs), torch.zeros_like(log_ls)
-            dlog_amp = torch.zeros_like(log_amp)
+            k, d = v1.shape[1], X.shape[1]
+            dv = torch.zeros((2 * h, k), dtype=v.dtype) if need_v else None
+            # With Z = (X / l) Omega^T and dZ = d(phi v)/dZ = C o (G v2^T) - S o (G v1^T)
+            # (scale included; cos' = -sin, sin' = cos), the frequencies' gradient is
+            # dZ^T (X / l) and the log-lengthscales' -sum_k Omega_kj (dZ^T (X / l))_kj.
+            # dZ^T (X / l) is summed as sum_j diag(v2_j) C^T (G_j o X / l) - diag(v1_j)
+            # S^T (G_j o X / l): one product [G_1 o X/l, ...]^T Phi per batch, no n x D/2
+            # temporaries.
+            want_dZ = need_ls or need_freqs
+            P = torch.zeros((k * d, 2 * h), dtype=v.dtype) if want_dZ else None
             for i in range(0, X.shape[0], ctx.batch):
-                Xs, Gb = X[i:i + ctx.batch] * inv_ls, G[i:i + ctx.batch]
-                Z = Xs @ freqs.T
-                C, S = torch.cos(Z), torch.sin(Z)
-                dv[:h] += C.T @ Gb
-                dv[h:] += S.T @ Gb
-                dlog_amp += (Gb * (C @ v1 + S @ v2)).sum()
-                dZ = C * (Gb @ v2.T) - S * (Gb @ v1.T)
-                dfreqs += dZ.T @ Xs
-                dlog_ls -= (Xs * (dZ @ freqs)).sum(0)
-            dv = dv * scale
-            return (None, dv.reshape(v.shape), None, None, dlog_ls * scale, dlog_amp * scale,
-                    dfreqs * scale)
+                Gb = G[i:i + ctx.batch]
+                F = (cached[i:i + ctx.batch] if cached is not None else
+                     _FeatureBlock.dense(X[i:i + ctx.batch], None, log_ls, log_amp, freqs))
+                if need_v:
+                    dv += (Gb.T @ F).T  # faster than F.T @ Gb for a block Gb
+                if want_dZ:
+                    Xs = X[i:i + ctx.batch] * inv_ls
+                    P += (Gb[:, :, None] * Xs[:, None, :]).reshape(-1, k * d).T @ F
+            dfreqs = dlog_ls = None
+            if want_dZ:
+                P = P.reshape(k, d, 2 * h)
+                dfreqs = (torch.einsum("hj,jdh->hd", v2, P[:, :, :h])
+                          - torch.einsum("hj,jdh->hd", v1, P[:, :, h:]))
+                dlog_ls = -(freqs * dfreqs).sum(0) if need_ls else None
+            # phi is linear in the amplitude a: d(phi v)/d log a = phi v
+            dlog_amp = (g * out).sum() if need_amp else None
+            return (None, None if dv is None else dv.reshape(v.shape), None, None, dlog_ls,
+                    dlog_amp, dfreqs if need_freqs else None)
 
     return Products
 
@@ -213,10 +246,12 @@ class RFFGP:
         Whether the frequencies are tuned (in `parameters`) or stay at their
         random draw. ``D/2 x d`` of them can overfit a small validation split.
     cache_bytes : int
-        A solve whose features take at most this many bytes builds them once
-        (batch by batch) and reuses them in each LSMR iteration; larger ones
-        rebuild them in every product (fully matrix-free). The gradient
-        rebuilds them batch by batch either way. 0 never caches.
+        Features of one operator (the training rows of a solve, or the rows
+        of a differentiated `predict`) that take at most this many bytes are
+        built once (batch by batch, into one tensor) and reused by each LSMR
+        iteration and by the gradient; larger ones are rebuilt batch by batch
+        in every product and in the gradient (fully matrix-free, memory: one
+        batch). 0 never caches.
 
     Examples
     --------
@@ -330,11 +365,7 @@ class RFFGP:
         import torch
 
         self._check_inputs(X)
-        n, D = X.shape[0], self.num_features
-        cached = None
-        if n * D * X.element_size() <= self.cache_bytes:
-            with torch.no_grad():
-                cached = torch.cat(self._batched(_FeatureBlock.dense, X, None, True))
+        cached = self._cache(X)
 
         def graph(t: Any) -> bool:  # the gradient's products: through the parameters
             return torch.is_grad_enabled() and any(
@@ -354,6 +385,12 @@ class RFFGP:
 
         return lsqdiff.LinearOperator((X.shape[0], self.num_features), matvec, rmatvec,
                                       matmat=matvec, rmatmat=rmatvec, params=self.kernel_params)
+
+    def _cache(self, X: Any) -> Any:
+        """``Phi(X)`` as a tensor, no graph, when it fits in ``cache_bytes``; else None."""
+        if X.shape[0] * self.num_features * X.element_size() > self.cache_bytes:
+            return None
+        return _feature_cache(X, self.batch, *[t.detach() for t in self.kernel_params])
 
     def dense_features(self, X: Any) -> Any:
         """``Phi(X)`` as an explicit (n, D) tensor (for small data and references).
@@ -411,8 +448,9 @@ class RFFGP:
         import torch
 
         self._check_inputs(X)
-        if torch.is_grad_enabled():
-            return _products().apply(X, w, None, self.batch, *self.kernel_params), self.noise ** 2
+        if torch.is_grad_enabled():  # the features are kept for the backward if they fit
+            return (_products().apply(X, w, self._cache(X), self.batch, *self.kernel_params),
+                    self.noise ** 2)
         return torch.cat(self._batched(_FeatureBlock.matvec, X, w, True)), self.noise ** 2
 
 

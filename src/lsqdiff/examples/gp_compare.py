@@ -25,6 +25,7 @@ GPyTorch and scikit-learn.
 
     python -m lsqdiff.examples.gp_compare --dataset diamonds [--seeds 0 1 2]
         [--small] [--out DIR] [--methods ...] [--steps N] [--features D] [--rows N]
+        [--gp-subset N]
     python -m lsqdiff.examples.gp_compare --merge run0/gp_diamonds.json run1/... --out DIR
 """
 
@@ -49,7 +50,9 @@ METHODS = ("start", "rff-predictive", "rff-marginal", "gpytorch-ml", "gpytorch-l
 SETTINGS = {
     "diamonds": dict(features=256, steps=20, lr=0.1, tol=1e-4, gp_subset=1000, gp_steps=60,
                      sk_subset=1000, every=4),
-    "flights": dict(features=1024, steps=2, lr=0.1, tol=1e-4, gp_subset=2000, gp_steps=60,
+    # a reduced budget (about 7 min per RFF method and seed on one thread); GPyTorch on the
+    # largest subset that trains in a few minutes here
+    "flights": dict(features=1024, steps=10, lr=0.1, tol=1e-4, gp_subset=3000, gp_steps=60,
                     sk_subset=1000, every=2),
     # 265 training rows: fixed frequencies (32 x 10 trained ones overfit 88 validation rows)
     "diabetes": dict(features=64, steps=100, lr=0.05, tol=1e-6, gp_subset=None, gp_steps=100,
@@ -239,8 +242,8 @@ def _sklearn(T: dict, cfg: dict, seed: int) -> dict:
 
 def run(dataset: str = "diamonds", seeds: Sequence[int] = (0, 1, 2), *, small: bool = False,
         methods: Sequence[str] = METHODS, steps: int | None = None,
-        features: int | None = None, rows: int | None = None, progress: bool = False,
-        out: str | None = None) -> dict:
+        features: int | None = None, rows: int | None = None, gp_subset: int | None = None,
+        progress: bool = False, out: str | None = None) -> dict:
     """Run the comparison and return ``result[method]`` with per-seed figures.
 
     Parameters
@@ -257,6 +260,8 @@ def run(dataset: str = "diamonds", seeds: Sequence[int] = (0, 1, 2), *, small: b
         Override the data set's RFF steps and feature count.
     rows : int, optional
         Keep this many rows of the data set (at random, before splitting).
+    gp_subset : int, optional
+        Override the data set's GPyTorch training subset size.
     progress : bool
         tqdm bars while tuning.
     out : str, optional
@@ -291,8 +296,10 @@ def run(dataset: str = "diamonds", seeds: Sequence[int] = (0, 1, 2), *, small: b
         cfg.update(SMALL)
         if dataset == "diabetes":
             cfg.update(gp_subset=None, sk_subset=None)
-    cfg.update({k: v for k, v in (("steps", steps), ("features", features), ("limit", rows))
-                if v is not None})
+    if gp_subset is not None and (not isinstance(gp_subset, int) or gp_subset < 1):
+        raise ValueError(f"gp_subset must be a positive integer, got {gp_subset!r}")
+    cfg.update({k: v for k, v in (("steps", steps), ("features", features), ("limit", rows),
+                                  ("gp_subset", gp_subset)) if v is not None})
     result: dict = {m: {"seeds": []} for m in methods}
     for seed in seeds:
         data = load(dataset, seed, limit=cfg.get("limit"))
@@ -459,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, help="RFF Adam steps (default: per data set)")
     ap.add_argument("--features", type=int, help="RFF features D (default: per data set)")
     ap.add_argument("--rows", type=int, help="keep this many rows (default: all)")
+    ap.add_argument("--gp-subset", type=int,
+                    help="GPyTorch training rows (default: per data set)")
     ap.add_argument("--out", default=".", help="folder for the JSON and PNG (default: .)")
     ap.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads (default 1)")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
@@ -478,8 +487,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     result = run(args.dataset, args.seeds, small=args.small, methods=args.methods,
-                 steps=args.steps, features=args.features, rows=args.rows, progress=True,
-                 out=args.out)
+                 steps=args.steps, features=args.features, rows=args.rows,
+                 gp_subset=args.gp_subset, progress=True, out=args.out)
     print(describe(result))
     if args.small:
         print("\n--small: the figures above are a smoke test, not results")
