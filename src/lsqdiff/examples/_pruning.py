@@ -190,8 +190,10 @@ def _held_weights() -> Any:
         @staticmethod
         def backward(ctx: Any, g: Any) -> Any:
             pieces = torch.split(g, ctx.sizes)
+            # Into fresh zeros in place: masked_scatter would copy them first, one
+            # more pass over every weight (and a second buffer of N) per J^T u.
             return (None, *(torch.zeros(m.shape, dtype=g.dtype, device=g.device)
-                            .masked_scatter(m, piece) for m, piece in zip(ctx.masks, pieces)))
+                            .masked_scatter_(m, piece) for m, piece in zip(ctx.masks, pieces)))
 
         @staticmethod
         def jvp(ctx: Any, _: Any, *tangents: Any) -> Any:
