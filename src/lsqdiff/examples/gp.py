@@ -138,19 +138,14 @@ class _FeatureBlock:
 
 
 def _feature_cache(X: Any, batch: int, log_ls: Any, log_amp: Any, freqs: Any) -> Any:
-    """``Phi(X)`` as one (n, D) tensor, built ``batch`` rows at a time straight
-    into place (no per-batch blocks to concatenate); no graph."""
+    """``Phi(X)`` as one (n, D) tensor, built ``batch`` rows at a time into place
+    (no per-batch blocks held to concatenate); no graph."""
     import torch
 
-    h = freqs.shape[0]
-    ls, scale = torch.exp(log_ls), torch.exp(log_amp) * math.sqrt(1.0 / h)
-    out = torch.empty((X.shape[0], 2 * h), dtype=X.dtype)
+    out = torch.empty((X.shape[0], 2 * freqs.shape[0]), dtype=X.dtype)
     with torch.no_grad():
         for i in range(0, X.shape[0], batch):
-            Z = (X[i:i + batch] / ls) @ freqs.T
-            torch.cos(Z, out=out[i:i + batch, :h])
-            torch.sin(Z, out=out[i:i + batch, h:])
-            out[i:i + batch].mul_(scale)
+            out[i:i + batch] = _FeatureBlock.dense(X[i:i + batch], None, log_ls, log_amp, freqs)
     return out
 
 
