@@ -60,10 +60,8 @@ def _binary(op: Callable[[Any, Any], Any], swap: bool = False) -> Callable[[Any,
 
 
 for _name, _op in (("add", operator.add), ("sub", operator.sub), ("mul", operator.mul),
-                   ("truediv", operator.truediv), ("pow", operator.pow)):
-    setattr(Deferred, f"__{_name}__", _binary(_op))
-    setattr(Deferred, f"__r{_name}__", _binary(_op, swap=True))
-for _name, _op in (("and", operator.and_), ("or", operator.or_)):
+                   ("truediv", operator.truediv), ("pow", operator.pow),
+                   ("and", operator.and_), ("or", operator.or_)):
     setattr(Deferred, f"__{_name}__", _binary(_op))
     setattr(Deferred, f"__r{_name}__", _binary(_op, swap=True))
 for _name, _op in (("lt", operator.lt), ("le", operator.le), ("gt", operator.gt),
