@@ -354,6 +354,21 @@ def test_first_order_solve_count(shape):
     assert loops_in(lambda A, b: jax.jvp(lambda A: f(A, b), (A,), (A,)), A, b) == 4
 
 
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6)])
+def test_first_order_runs_one_backward_solve(shape):
+    """The g and y solves are in the program (above), but where the duals give
+    their values they do not run: under jit the backward of sum(x**2) at a
+    full-rank A reports one solve (the b_bar one), not three."""
+    A, b = (jnp.asarray(a) for a in make_problem(shape, seed=4))
+    f = lambda A, b: jnp.sum(lsqdiff.lsmr(A, b, **TIGHT_GRAD)[0] ** 2)  # noqa: E731
+    grad = jax.jit(jax.grad(f, argnums=(0, 1)))
+    with lsqdiff.backward_diagnostics() as log:
+        jax.block_until_ready(grad(A, b))
+        jax.effects_barrier()
+    assert len(log) == 1 and int(log[0].itn) > 0, log
+    assert_converged(log[0])
+
+
 def test_hessian_in_b_undamped_eager():
     """The issue's reproducer: jax.hessian in b of an undamped solve raised
     "Error interpreting argument to custom_linear_solve ... Zero"."""

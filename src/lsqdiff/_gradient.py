@@ -124,12 +124,12 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
     terms: list[tuple[float, Array, Array]] = [(-1.0, b_bar, x)]
     x0_bar = None if x0 is None else xp.zeros_like(x0)
     if not _all_true(w_zero, xp, backend):
-        y = _complete(y_ok, y_fwd, lambda s: lsmr_on(AH, s, **settings), d, xp)
+        y = _complete(y_ok, y_fwd, lambda s: lsmr_on(AH, s, **settings), d, xp, backend)
         w = _zero_where(w_zero, w, xp)
         terms.append((1.0, y, w))
         x0_bar = None if x0 is None else w
     if not _all_true(r_zero, xp, backend):
-        g = _complete(g_ok, g, lambda s: lsmr_on(op, s, **settings), b_bar, xp)
+        g = _complete(g_ok, g, lambda s: lsmr_on(op, s, **settings), b_bar, xp, backend)
         terms.append((1.0, _zero_where(r_zero, b - op.matvec(x), xp), g))
     # At damp = 0 the solution does not move with damp to first order.
     damp_bar = xp.zeros((), dtype=real_dtype(xp, dtype), device=aac.device(x_bar))
@@ -252,15 +252,22 @@ def _zero_where(flag: Any, a: Array, xp: Any) -> Array:
     return xp.where(flag, xp.zeros_like(a), a)
 
 
-def _complete(have: Any, value: Any, solve: Any, rhs: Array, xp: Any) -> Array:
+def _complete(have: Any, value: Any, solve: Any, rhs: Array, xp: Any, backend: Any) -> Array:
     """``value`` where ``have`` holds, ``solve(rhs)`` elsewhere. The solve gets a
     zero right-hand side in the columns that have their value, and LSMR stops
-    on a zero right-hand side before its first iteration: no branch on values,
-    so it traces (under JAX, ``lax.cond`` on a batched predicate would not
-    transpose)."""
+    on a zero right-hand side before its first iteration. A traced backend
+    skips the solve where every column has its value (`Backend.select`): the
+    rules that call this with traced flags are evaluated (the JAX primitives'
+    values), never transposed, where a branch on values could not be."""
     if isinstance(have, bool):
         return value if have else solve(rhs)
-    return xp.where(have, value, solve(_zero_where(have, rhs, xp)))
+
+    def fill() -> Array:
+        return xp.where(have, value, solve(_zero_where(have, rhs, xp)))
+
+    if backend.traced:
+        return backend.select(xp.all(have), lambda: value, fill)
+    return fill()
 
 
 def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *,
@@ -353,7 +360,7 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
         p, z, stop = lsmr_on(AH_, c, dual=True, stop=True, **settings)
         g, ok, _ = dual_pinv(z, c - A.rmatvec(p), stop, xp, target=p, adjoint=A.matvec,
                              atol=atol, btol=btol)
-        return p, _complete(ok, g, lambda s: lsmr_on(A, s, **settings), p, xp)
+        return p, _complete(ok, g, lambda s: lsmr_on(A, s, **settings), p, xp, backend)
 
     def tangent_adjoint(A: Operator, c: Array, d_: Array, hint_: Any, r_zero_: Any,
                         with_g: bool, with_y: bool
@@ -373,7 +380,7 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
                                         atol=atol, btol=btol)
             known = xp.zeros_like(c) if g is None else _where(g_ok, g, xp.zeros_like(g), xp)
             g = _complete(_or(g_ok, r_zero_, xp), known, lambda s_: lsmr_on(A, s_, **settings),
-                          p, xp)
+                          p, xp, backend)
         else:
             p, stop = lsmr_on(AH_, c, stop=True, **settings)
             w_ = c - A.rmatvec(p)
@@ -384,7 +391,7 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
             zeros = xp.zeros((m,) + tuple(d_.shape[1:]), dtype=d_.dtype, device=aac.device(d_))
             known = zeros if value is None else _where(ok, value, zeros, xp)
             y_ = _complete(_or(ok, w_zero, xp), known, lambda s_: lsmr_on(AH_, s_, **settings),
-                           d_, xp)
+                           d_, xp, backend)
         return p, g, y_, _zero_where(w_zero, w_, xp)
 
     # y from the forward solve's dual (`forward_dual`) where it passed its check,

@@ -248,8 +248,10 @@ class JaxBackend(Backend):
 
     def report(self, state: State) -> None:
         # Traced: the diagnostics exist only when the computation runs, also under jit.
-        keys = ("istop", "itn", "normr", "normar", "norma", "conda", "normx")
-        jax.debug.callback(_HOST.report, {k: state[k] for k in keys})
+        # Two arrays, not seven: the callback moves each argument on its own.
+        codes = jnp.stack([jnp.asarray(state[k], jnp.int32) for k in _CODES])
+        norms = jnp.stack([jnp.asarray(state[k]) for k in _NORMS])
+        jax.debug.callback(_report_on_host, codes, norms)
 
     def on_cpu(self, a: Any) -> bool:
         # A tracer has no device; under jit it runs on the default backend.
@@ -275,6 +277,17 @@ def _nonlinear_as_error(f: Callable[..., Any], *args: Any) -> Any:
 
 #: Reports the NumPy values a host callback receives.
 _HOST = Backend(np)
+
+
+_CODES = ("istop", "itn")
+_NORMS = ("normr", "normar", "norma", "conda", "normx")
+
+
+def _report_on_host(codes: Any, norms: Any) -> None:
+    # The callback receives JAX arrays: as NumPy ones (no copy on the CPU) the
+    # report's comparisons are NumPy's, not a JAX dispatch each.
+    codes, norms = np.asarray(codes), np.asarray(norms)
+    _HOST.report({**dict(zip(_CODES, codes)), **dict(zip(_NORMS, norms))})
 
 
 def _operator_arguments(A: Any, p: Prepared) -> tuple[Any, Callable[[Any], Any]]:
