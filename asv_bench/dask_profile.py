@@ -8,7 +8,8 @@ On the same LocalCluster as ``dist_quick.py --engine dask`` (2 in-process
 workers, one thread each, ``A`` in 4 row chunks), it runs a 20- and a
 10-iteration solve and prints, per iteration (the difference over 10):
 
-* ``wall``: the iteration's wall time;
+* ``wall``: the iteration's wall time (over the iterations actually run:
+  LSMR may reach rounding level and stop before 20);
 * ``tasks``: tasks the scheduler ran (transitions to memory) and graphs it
   received (``update_graph`` calls, one per ``persist``/``compute``);
 * ``round trips``: results brought back to the client (``Client.gather``);
@@ -107,7 +108,7 @@ def main() -> None:
             since = time.time()
             if profile is not None:
                 profile.enable()
-            x, _ = lsqdiff.lsmr(A, b, atol=0, btol=0, conlim=0, maxiter=k)
+            x, info = lsqdiff.lsmr(A, b, atol=0, btol=0, conlim=0, maxiter=k)
             distributed.wait(x)
             if profile is not None:
                 profile.disable()
@@ -118,7 +119,7 @@ def main() -> None:
                           for ss in t["startstops"] if ss["action"] == "compute")
             return dict(wall=wall, client=cpu, step=step_time[0], loop=loop, compute=compute,
                         tasks=counter.tasks - start_tasks, graphs=counter.graphs - start_graphs,
-                        trips=gathers[0])
+                        trips=gathers[0], itn=info.itn)
 
         with distributed.get_task_stream(client):
             solve(K)  # warm up
@@ -126,9 +127,10 @@ def main() -> None:
             profile = cProfile.Profile()
             if args.top:  # a run of its own: the profiler slows the client down
                 solve(2 * K, profile)
-        per = {k: (long[k] - short[k]) / K for k in long}
+        steps = long["itn"] - short["itn"]  # fewer than K where LSMR stopped first
+        per = {k: (long[k] - short[k]) / steps for k in long}
         print(f"A {m} x {n} in 4 row chunks, 2 workers; per iteration (difference of a "
-              f"{2 * K}- and a {K}-iteration solve, over {K}):")
+              f"{long['itn']}- and a {short['itn']}-iteration solve, over {steps}):")
         print(f"  wall                     {1e3 * per['wall']:8.1f} ms")
         print(f"  tasks run                {per['tasks']:8.1f}   graphs submitted "
               f"{per['graphs']:.1f}   round trips {per['trips']:.1f}")
