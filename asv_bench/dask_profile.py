@@ -35,7 +35,6 @@ import logging
 import os
 import pstats
 import sys
-import threading
 import time
 
 K = 10

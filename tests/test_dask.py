@@ -236,3 +236,58 @@ def test_mixed_operands_and_chunks(sync):
     ref = spla.lsmr(A, b, x0=x0, atol=1e-10, btol=1e-10)
     assert info.itn == ref[2]
     np.testing.assert_allclose(x.compute(), ref[0], rtol=1e-10, atol=1e-12)
+
+
+def _sum(*args):
+    return sum(args)
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
+def test_groups_are_a_valid_fusion():
+    """On random graphs the fusion keeps every task once, runs each group in
+    an order that sees its dependencies first, leaves no cycle between groups,
+    and never puts two chunks of one layer into one group; running the groups
+    gives every task's value."""
+    from hypothesis import given, settings, strategies as st
+    from dask._task_spec import Task, TaskRef
+
+    from lsqdiff.backends._dask_template import _Picks, _run_group, group_tasks
+
+    @st.composite
+    def graphs(draw):
+        nodes = {}
+        for i in range(draw(st.integers(1, 25))):
+            layer = draw(st.sampled_from("abcd"))
+            key = (layer, i)
+            deps = draw(st.lists(st.sampled_from(list(nodes)), max_size=3, unique=True)) \
+                if nodes else []
+            nodes[key] = Task(key, _sum, i, *(TaskRef(d) for d in deps))
+        return nodes
+
+    @settings(max_examples=60, deadline=None)
+    @given(graphs())
+    def check(nodes):
+        groups = group_tasks(nodes, set())
+        assert sorted(k for g in groups for k in g) == sorted(nodes)
+        group_of = {k: i for i, g in enumerate(groups) for k in g}
+        edges = {i: {group_of[d] for k in g for d in nodes[k].dependencies} - {i}
+                 for i, g in enumerate(groups)}
+        done, values = set(), {}
+        while len(done) < len(groups):  # run groups whose inputs are ready: no cycle
+            ready = [i for i in edges if i not in done and edges[i] <= done]
+            assert ready, "the groups depend on one another in a cycle"
+            for i in ready:
+                layers = [k[0] for k in groups[i]]
+                multi = [x for x in layers if sum(k[0] == x for k in nodes) > 1]
+                assert len(multi) == len(set(multi)), "two chunks of a layer in one group"
+                outside = sorted({d for k in groups[i] for d in nodes[k].dependencies}
+                                 - set(groups[i]))
+                out = _run_group(tuple(nodes[k] for k in groups[i]), tuple(groups[i]),
+                                 tuple(_Picks(((d, d),)) for d in outside),
+                                 *({d: values[d]} for d in outside))
+                values.update(out)
+                done.add(i)
+        for k, node in nodes.items():  # each task's value: its index plus its inputs'
+            assert values[k] == k[1] + sum(values[d] for d in node.dependencies)
+
+    check()
