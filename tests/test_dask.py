@@ -251,7 +251,10 @@ def test_groups_are_a_valid_fusion():
     from hypothesis import given, settings, strategies as st
     from dask._task_spec import Task, TaskRef
 
-    from lsqdiff.backends._dask_template import _Picks, _run_group, group_tasks
+    import pickle
+    import uuid
+
+    from lsqdiff.backends._dask_template import _Picks, _Program, _run_group, group_tasks
 
     @st.composite
     def graphs(draw):
@@ -272,6 +275,8 @@ def test_groups_are_a_valid_fusion():
         group_of = {k: i for i, g in enumerate(groups) for k in g}
         edges = {i: {group_of[d] for k in g for d in nodes[k].dependencies} - {i}
                  for i, g in enumerate(groups)}
+        program = _Program(uuid.uuid4().hex, pickle.dumps(
+            [(tuple(nodes[k] for k in g), tuple(g)) for g in groups]))
         done, values = set(), {}
         while len(done) < len(groups):  # run groups whose inputs are ready: no cycle
             ready = [i for i in edges if i not in done and edges[i] <= done]
@@ -282,8 +287,7 @@ def test_groups_are_a_valid_fusion():
                 assert len(multi) == len(set(multi)), "two chunks of a layer in one group"
                 outside = sorted({d for k in groups[i] for d in nodes[k].dependencies}
                                  - set(groups[i]))
-                out = _run_group(tuple(nodes[k] for k in groups[i]), tuple(groups[i]),
-                                 tuple(_Picks(((d, d),)) for d in outside),
+                out = _run_group(program, i, tuple(_Picks(((d, d),)) for d in outside),
                                  *({d: values[d]} for d in outside))
                 values.update(out)
                 done.add(i)
