@@ -6,7 +6,8 @@
 
 On the same LocalCluster as ``dist_quick.py --engine dask`` (2 in-process
 workers, one thread each, ``A`` in 4 row chunks), it runs a 20- and a
-10-iteration solve and prints, per iteration (the difference over 10):
+10-iteration solve and prints, per iteration (the difference over 10; medians
+of ``--repeats`` such pairs):
 
 * ``wall``: the iteration's wall time (over the iterations actually run:
   LSMR may reach rounding level and stop before 20);
@@ -34,6 +35,7 @@ import cProfile
 import logging
 import os
 import pstats
+import statistics
 import sys
 import time
 
@@ -44,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="16000x1000", metavar="MxN")
     parser.add_argument("--top", type=int, default=0, help="lines of the client's profile")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -122,14 +125,18 @@ def main() -> None:
 
         with distributed.get_task_stream(client):
             solve(K)  # warm up
-            short, long = solve(K), solve(2 * K)
+            rounds = []
+            for _ in range(args.repeats):
+                short, long = solve(K), solve(2 * K)
+                steps = long["itn"] - short["itn"]  # fewer than K where LSMR stopped first
+                rounds.append({k: (long[k] - short[k]) / steps for k in long})
             profile = cProfile.Profile()
             if args.top:  # a run of its own: the profiler slows the client down
                 solve(2 * K, profile)
-        steps = long["itn"] - short["itn"]  # fewer than K where LSMR stopped first
-        per = {k: (long[k] - short[k]) / steps for k in long}
+        per = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
         print(f"A {m} x {n} in 4 row chunks, 2 workers; per iteration (difference of a "
-              f"{long['itn']}- and a {short['itn']}-iteration solve, over {steps}):")
+              f"{long['itn']}- and a {short['itn']}-iteration solve, over {steps}; "
+              f"medians of {args.repeats} rounds):")
         print(f"  wall                     {1e3 * per['wall']:8.1f} ms")
         print(f"  tasks run                {per['tasks']:8.1f}   graphs submitted "
               f"{per['graphs']:.1f}   round trips {per['trips']:.1f}")
