@@ -12,16 +12,15 @@ on the client. From the third iteration on, a single right-hand side's
 iteration is not built again: the second one's graph, fused into few tasks, is
 resubmitted with new names (`lsqdiff.backends._dask_template`; 11 tasks for
 ``A`` in 4 row chunks, against about 45 built). The only value that comes back
-is the state's scalars, in one
-round trip per iteration, fetched while the next iteration already runs
-(`LOOKAHEAD`); the loop stops at the same iteration as on the host, and the
-iteration submitted past the stop is dropped (stopped states are frozen by
-masking, so it changes nothing). Each norm is one pass over its vector: every
+is the state's scalars, in one round trip per iteration, fetched while the
+next iteration already runs (`LOOKAHEAD`); the loop stops at the same
+iteration as on the host, and the iteration submitted past the stop is dropped
+(stopped states are frozen by masking, so it changes nothing). Each norm is one pass over its vector: every
 chunk gives its sum of squares, its scaled sum of squares and its largest
 entry, and a single task combines them (`lsqdiff.backends._base` explains the
 scaling). Several right-hand sides (2-D ``b``) keep their scalars as Dask
-arrays, persisted with the state once per iteration and the stop test fetched
-once per iteration.
+arrays, persisted with the state once per iteration (built, not fused) and
+the stop test fetched once per iteration.
 
 ``A`` is persisted once per solve (if it is not already, its chunks are
 computed once, not once per product), and ``b`` and ``x0`` are rechunked to
@@ -104,7 +103,6 @@ class _Iterations:
         self.body = body
         self.last: _Built | _Resubmitted = _Built(state)
         self.count = 0
-        self.template: Template | None = None
 
     def next(self) -> _Built | _Resubmitted:
         last = self.last
