@@ -17,8 +17,8 @@ next iteration already runs (`LOOKAHEAD`); the loop stops at the same
 iteration as on the host, and the iteration submitted past the stop is dropped
 (stopped states are frozen by masking, so it changes nothing). Each norm is
 one pass over its vector: every chunk gives its sum of squares, its scaled sum
-of squares and its largest entry, and a single task combines them (`lsqdiff.backends._base` explains the
-scaling). Several right-hand sides (2-D ``b``) keep their scalars as Dask
+of squares and its largest entry, and a single task combines them
+(`lsqdiff.backends._base` explains the scaling). Several right-hand sides (2-D ``b``) keep their scalars as Dask
 arrays, persisted with the state once per iteration (built, not fused) and
 the stop test fetched once per iteration.
 
