@@ -18,9 +18,10 @@ iteration as on the host, and the iteration submitted past the stop is dropped
 (stopped states are frozen by masking, so it changes nothing). Each norm is
 one pass over its vector: every chunk gives its sum of squares, its scaled sum
 of squares and its largest entry, and a single task combines them
-(`lsqdiff.backends._base` explains the scaling). Several right-hand sides (2-D ``b``) keep their scalars as Dask
-arrays, persisted with the state once per iteration (built, not fused) and
-the stop test fetched once per iteration.
+(`lsqdiff.backends._base` explains the scaling). Several right-hand sides
+(2-D ``b``) keep their scalars as Dask arrays, persisted with the state once
+per iteration (built, not fused) and the stop test fetched once per
+iteration.
 
 ``A`` is persisted once per solve (if it is not already, its chunks are
 computed once, not once per product), and ``b`` and ``x0`` are rechunked to
