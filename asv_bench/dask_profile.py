@@ -19,7 +19,8 @@ of ``--repeats`` such pairs):
   solver's ``step`` alone;
 * ``event loop``: CPU time of the thread that runs the scheduler and the
   workers' bookkeeping (all in one process here);
-* ``task compute``: the tasks' own run time on the workers (task stream);
+* ``task compute``: the tasks' own run time on the workers, summed over the
+  tasks that finished during the solve;
 
 then, with ``--top``, the client thread's profile (cProfile, by cumulative
 time) of another 20-iteration solve. CPU times come from ``time.thread_time`` in
@@ -64,9 +65,13 @@ def main() -> None:
 
         def __init__(self):
             self.tasks = self.graphs = 0
+            self.compute = 0.0
 
         def transition(self, key, start, finish, *args, **kwargs):
-            self.tasks += finish == "memory" and start == "processing"
+            if start == "processing" and finish == "memory":
+                self.tasks += 1
+                self.compute += sum(ss["stop"] - ss["start"] for ss in kwargs["startstops"]
+                                    if ss["action"] == "compute")
 
         def update_graph(self, scheduler, **kwargs):
             self.graphs += 1
@@ -104,10 +109,9 @@ def main() -> None:
             return client.run_on_scheduler(lambda: time.thread_time())
 
         def solve(k: int, profile: cProfile.Profile | None = None) -> dict:
-            start_tasks, start_graphs = counter.tasks, counter.graphs
+            tasks0, graphs0, compute0 = counter.tasks, counter.graphs, counter.compute
             step_time[0], gathers[0] = 0.0, 0
             l0, c0, t0 = loop_cpu(), time.thread_time(), time.perf_counter()
-            since = time.time()
             if profile is not None:
                 profile.enable()
             x, info = lsqdiff.lsmr(A, b, atol=0, btol=0, conlim=0, maxiter=k)
@@ -116,23 +120,20 @@ def main() -> None:
                 profile.disable()
             wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
             loop = loop_cpu() - l0
-            stream = client.get_task_stream(start=since)
-            compute = sum(ss["stop"] - ss["start"] for t in stream
-                          for ss in t["startstops"] if ss["action"] == "compute")
-            return dict(wall=wall, client=cpu, step=step_time[0], loop=loop, compute=compute,
-                        tasks=counter.tasks - start_tasks, graphs=counter.graphs - start_graphs,
+            return dict(wall=wall, client=cpu, step=step_time[0], loop=loop,
+                        compute=counter.compute - compute0,
+                        tasks=counter.tasks - tasks0, graphs=counter.graphs - graphs0,
                         trips=gathers[0], itn=info.itn)
 
-        with distributed.get_task_stream(client):
-            solve(K)  # warm up
-            rounds = []
-            for _ in range(args.repeats):
-                short, long = solve(K), solve(2 * K)
-                steps = long["itn"] - short["itn"]  # fewer than K where LSMR stopped first
-                rounds.append({k: (long[k] - short[k]) / steps for k in long})
-            profile = cProfile.Profile()
-            if args.top:  # a run of its own: the profiler slows the client down
-                solve(2 * K, profile)
+        solve(K)  # warm up
+        rounds = []
+        for _ in range(args.repeats):
+            short, long = solve(K), solve(2 * K)
+            steps = long["itn"] - short["itn"]  # fewer than K where LSMR stopped first
+            rounds.append({k: (long[k] - short[k]) / steps for k in long})
+        profile = cProfile.Profile()
+        if args.top:  # a run of its own: the profiler slows the client down
+            solve(2 * K, profile)
         per = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
         print(f"A {m} x {n} in 4 row chunks, 2 workers; per iteration (difference of a "
               f"{long['itn']}- and a {short['itn']}-iteration solve, over {steps}; "
