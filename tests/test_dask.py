@@ -92,24 +92,60 @@ def test_block_columns_and_operator(sync):
 
 
 def test_graph_does_not_grow(client, monkeypatch):
-    """Every iteration starts from persisted vectors: the graph behind each is
-    one task per chunk, whatever the iteration count."""
-    from lsqdiff import _lsmr
+    """Every iteration after the second resubmits the fused graph of the second:
+    a graph of one size each time, of few tasks (per row chunk of A, its
+    products and vector updates in two tasks), reaching back no further than
+    the previous iteration's results."""
+    import dask
+    from dask._task_spec import Task
 
-    sizes = []
-    step = _lsmr.step
+    graphs = []
+    persist = dask.persist
 
-    def recording(p, st):
-        sizes.append(max(len(st[k].__dask_graph__()) for k in ("x", "u", "v", "h", "hbar")))
-        return step(p, st)
+    def recording(*args, **kwargs):
+        graph = {}
+        for a in args:
+            for c in a.values() if isinstance(a, dict) else [a]:
+                graph.update(c.__dask_graph__())
+        graphs.append(graph)
+        return persist(*args, **kwargs)
 
-    monkeypatch.setattr(_lsmr, "step", recording)
+    monkeypatch.setattr(dask, "persist", recording)
     A, b = _problem()
-    lsqdiff.lsmr(da.from_array(A, chunks=(16, 8)), da.from_array(b, chunks=16), atol=0, btol=0,
-                 conlim=0, maxiter=6)
-    assert len(sizes) == 6 + LOOKAHEAD  # iterations submitted past the stop are dropped
-    # u: A's three row chunks (the first iteration also computes v = A^H u / alpha)
-    assert sizes[0] <= 6 and max(sizes[1:]) <= 3
+    Ad, bd = da.from_array(A, chunks=(16, 8)).persist(), da.from_array(b, chunks=16).persist()
+    graphs.clear()
+    lsqdiff.lsmr(Ad, bd, atol=0, btol=0, conlim=0, maxiter=8)
+    # The initial state, two iterations built by the solver, the first fused one
+    # (which reads the second's arrays); the last persist makes the result.
+    steps = graphs[4:-1]
+    assert len(steps) == 8 + LOOKAHEAD - 3
+    assert len({len(g) for g in steps}) == 1
+    previous = set(graphs[3])
+    for g in steps:
+        # the previous iteration's results and A's chunks, nothing older
+        assert {k for k, v in g.items() if not isinstance(v, Task)} <= previous | set(
+            dict(Ad.__dask_graph__()))
+        previous = set(g)
+        # A in 3 row chunks: 2 tasks per chunk, 2 for the norm of u and the
+        # vectors of length n, 1 for the scalars the client fetches.
+        assert sum(isinstance(v, Task) for v in g.values()) == 2 * 3 + 3
+
+
+@pytest.mark.parametrize("solver", [lsqdiff.lsmr, lsqdiff.lsqr])
+def test_fused_equals_built(sync, monkeypatch, solver):
+    """The fused graph runs the same operations as the one built per iteration:
+    the same iterates, bit for bit."""
+    from lsqdiff.backends import dask as dask_backend
+
+    A, b = _problem(seed=4)
+    Ad, bd = da.from_array(A, chunks=(16, 8)), da.from_array(b, chunks=16)
+    out = []
+    for fuse in (False, True):
+        monkeypatch.setattr(dask_backend, "FUSE", fuse)
+        x, info = solver(Ad, bd, damp=0.1, atol=0, btol=0, conlim=0, maxiter=9)
+        out.append((x.compute(), info.istop, info.itn, info.normr, info.normar))
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    assert out[0][1:] == out[1][1:]
 
 
 def test_round_trips(sync, monkeypatch):
@@ -200,3 +236,62 @@ def test_mixed_operands_and_chunks(sync):
     ref = spla.lsmr(A, b, x0=x0, atol=1e-10, btol=1e-10)
     assert info.itn == ref[2]
     np.testing.assert_allclose(x.compute(), ref[0], rtol=1e-10, atol=1e-12)
+
+
+def _sum(*args):
+    return sum(args)
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
+def test_groups_are_a_valid_fusion():
+    """On random graphs the fusion keeps every task once, runs each group in
+    an order that sees its dependencies first, leaves no cycle between groups,
+    and never puts two chunks of one layer into one group; running the groups
+    gives every task's value."""
+    from hypothesis import given, settings, strategies as st
+    from dask._task_spec import Task, TaskRef
+
+    import pickle
+    import uuid
+
+    from lsqdiff.backends._dask_template import _Picks, _Program, _run_group, group_tasks
+
+    @st.composite
+    def graphs(draw):
+        nodes = {}
+        for i in range(draw(st.integers(1, 25))):
+            layer = draw(st.sampled_from("abcd"))
+            key = (layer, i)
+            deps = draw(st.lists(st.sampled_from(list(nodes)), max_size=3, unique=True)) \
+                if nodes else []
+            nodes[key] = Task(key, _sum, i, *(TaskRef(d) for d in deps))
+        return nodes
+
+    @settings(max_examples=60, deadline=None)
+    @given(graphs())
+    def check(nodes):
+        groups = group_tasks(nodes, set())
+        assert sorted(k for g in groups for k in g) == sorted(nodes)
+        group_of = {k: i for i, g in enumerate(groups) for k in g}
+        edges = {i: {group_of[d] for k in g for d in nodes[k].dependencies} - {i}
+                 for i, g in enumerate(groups)}
+        program = _Program(uuid.uuid4().hex, pickle.dumps(
+            [(tuple(nodes[k] for k in g), tuple(g)) for g in groups]))
+        done, values = set(), {}
+        while len(done) < len(groups):  # run groups whose inputs are ready: no cycle
+            ready = [i for i in edges if i not in done and edges[i] <= done]
+            assert ready, "the groups depend on one another in a cycle"
+            for i in ready:
+                layers = [k[0] for k in groups[i]]
+                multi = [x for x in layers if sum(k[0] == x for k in nodes) > 1]
+                assert len(multi) == len(set(multi)), "two chunks of a layer in one group"
+                outside = sorted({d for k in groups[i] for d in nodes[k].dependencies}
+                                 - set(groups[i]))
+                out = _run_group(program, i, tuple(_Picks(((d, d),)) for d in outside),
+                                 *({d: values[d]} for d in outside))
+                values.update(out)
+                done.add(i)
+        for k, node in nodes.items():  # each task's value: its index plus its inputs'
+            assert values[k] == k[1] + sum(values[d] for d in node.dependencies)
+
+    check()
