@@ -9,7 +9,6 @@ The weights concerned are those of every ``nn.Linear`` and ``nn.Conv*`` layer
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,7 +77,17 @@ class GradualMask:
     model : nn.Module
         The model whose `prunable_weights` are pruned.
     names : sequence of str, optional
-        The weights to prune (default: `prunable_weights`).
+        The weights to prune (default: `prunable_weights`; they must share
+        one dtype).
+
+    Attributes
+    ----------
+    masks : dict
+        Name -> boolean tensor, True where the weight is held.
+    constraint : lsqdiff.nullspace.LinearConstraint
+        ``c(theta) = A theta``, the held weights (`held`), with ``A``'s own
+        products (`held` and `scatter`): the null-space method applies ``J``
+        with a gather and a scatter, no autograd.
 
     Examples
     --------
@@ -96,13 +105,20 @@ class GradualMask:
     def __init__(self, model: Any, names: Sequence[str] | None = None):
         import torch
 
+        from lsqdiff.nullspace import LinearConstraint
+
         params = dict(model.named_parameters())
         self.names = list(names) if names is not None else prunable_weights(model)
         missing = [n for n in self.names if n not in params]
         if missing:
             raise ValueError(f"names: {missing} are not parameters of the model")
+        if len({params[n].dtype for n in self.names}) > 1:
+            raise ValueError("model: the pruned weights must share one dtype")
         self.masks = {n: torch.zeros_like(params[n], dtype=torch.bool) for n in self.names}
         self.total = sum(m.numel() for m in self.masks.values())
+        #: ``c(theta) = A theta``, the held weights, with ``A``'s own products
+        #: (`held`, `scatter`): what the null-space method is given.
+        self.constraint = LinearConstraint(self.held, self.scatter)
 
     def count(self) -> int:
         """Number of weights held at zero."""
@@ -135,11 +151,37 @@ class GradualMask:
             self.masks[n] = part.view(self.masks[n].shape)
         return self.count()
 
-    def constraint(self, params: dict) -> Any:
-        """``c(theta)``: the held weights, one flat vector (the null-space method's
-        constraint ``c = 0``; ``k`` = `count`)."""
+    def held(self, params: dict) -> Any:
+        """The held weights of ``params`` (name -> tensor), one flat vector:
+        ``A theta``, the null-space method's constraint ``c = A theta = 0``
+        (``k`` = `count`); ``constraint`` gives it with its adjoint `scatter`.
+
+        With autograd recording (the penalty) it is ``cat(w[mask])``; without,
+        each layer's held weights go straight into their slice of one buffer
+        (``cat`` would copy all ``k`` of them once more)."""
+        import torch
+
+        weights = [params[n] for n in self.names]
         masks = [self.masks[n] for n in self.names]
-        return _held_weights().apply(masks, *(params[n] for n in self.names))
+        if torch.is_grad_enabled() and any(w.requires_grad for w in weights):
+            return torch.cat([torch.masked_select(w, m) for w, m in zip(weights, masks)])
+        sizes = [int(m.sum()) for m in masks]
+        out = torch.empty(sum(sizes), dtype=weights[0].dtype, device=weights[0].device)
+        for w, m, part in zip(weights, masks, torch.split(out, sizes)):
+            torch.masked_select(w, m, out=part)
+        return out
+
+    def scatter(self, u: Any) -> dict:
+        """``A^T u``: the entries of ``u`` at the held weights' places, zeros
+        elsewhere (name -> tensor, the pruned weights only: the other
+        parameters' part is zero); the adjoint of `held`."""
+        import torch
+
+        masks = [self.masks[n] for n in self.names]
+        pieces = torch.split(u, [int(m.sum()) for m in masks])
+        # Into fresh zeros in place: masked_scatter would copy them first.
+        return {n: torch.zeros(m.shape, dtype=u.dtype, device=u.device).masked_scatter_(m, piece)
+                for n, m, piece in zip(self.names, masks, pieces)}
 
     def violation(self, params: dict) -> Any:
         """The held weights in place, the free ones as 0: a vector of fixed length
@@ -160,46 +202,6 @@ class GradualMask:
         """Largest ``|w|`` among the held weights of ``params`` (0 when none is held)."""
         return max((float(params[n].detach()[self.masks[n]].abs().max()) for n in self.names
                     if bool(self.masks[n].any())), default=0.0)
-
-
-@functools.cache
-def _held_weights() -> Any:
-    """``(masks, *weights) -> cat(w[mask] for each)`` with a cheap ``J^T u`` and
-    ``J v``.
-
-    The same vector as ``torch.cat([w[m] for ...])``, but autograd's own
-    derivatives of that are slow at scale: boolean indexing's backward is an
-    accumulating ``index_put`` (it sorts the indices), and the second
-    derivative of ``cat`` (what `lsqdiff.nullspace` uses for ``J v``) builds
-    a zero vector of length ``k`` per layer. Here the backward is one
-    ``split`` and a ``masked_scatter`` per layer, both differentiable, and
-    their derivatives are ``masked_select`` and one ``cat``: ``O(N + k)``.
-    """
-    import torch
-
-    class HeldWeights(torch.autograd.Function):
-        @staticmethod
-        def forward(masks: list, *weights: Any) -> Any:
-            return torch.cat([torch.masked_select(w, m) for w, m in zip(weights, masks)])
-
-        @staticmethod
-        def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-            ctx.masks = inputs[0]
-            ctx.sizes = [int(m.sum()) for m in inputs[0]]
-
-        @staticmethod
-        def backward(ctx: Any, g: Any) -> Any:
-            pieces = torch.split(g, ctx.sizes)
-            # Into fresh zeros in place: masked_scatter would copy them first, one
-            # more pass over every weight (and a second buffer of N) per J^T u.
-            return (None, *(torch.zeros(m.shape, dtype=g.dtype, device=g.device)
-                            .masked_scatter_(m, piece) for m, piece in zip(ctx.masks, pieces)))
-
-        @staticmethod
-        def jvp(ctx: Any, _: Any, *tangents: Any) -> Any:
-            return torch.cat([torch.masked_select(t, m) for t, m in zip(tangents, ctx.masks)])
-
-    return HeldWeights
 
 
 class L1Budget:
