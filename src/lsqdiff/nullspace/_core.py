@@ -99,16 +99,18 @@ def solve(lin: Linearization, **settings: Any) -> tuple[Any, ProjectionInfo]:
 
 
 def correction(lin: Linearization, *, gamma: float, sign: float, normalize_gamma: bool,
-               damp: float, maxiter: int, atol: float, btol: float, jh: Array | None = None
+               damp: float, maxiter: int, atol: float, btol: float,
+               jh: Callable[[], Array] | None = None
                ) -> tuple[Array, ProjectionInfo]:
     """``x = J^+ (J h - sign * gamma_eff * c)``, flat, so that ``d = h - x``: one
     LSMR solve with ``J``.
 
     ``sign = +1`` is the descent convention of `project`; ``sign = -1`` the
     additive-update convention of the optimizers' ``"update"`` placement.
-    ``jh``: ``J h`` where the caller has it without ``h`` (a linear
-    constraint's ``c(theta + h) - c(theta)``); pass it as a temporary, not a
-    name the caller keeps, so that it is freed before the solve.
+    ``jh``: a function returning ``J h``, where the caller has it without
+    ``h`` (a linear constraint's ``c(theta + h) - c(theta)``); a function, so
+    that those ``k`` floats are freed before the solve (an argument would
+    stay alive on the caller's stack until the call returns).
     """
     xp, c = lin.xp, lin.c
     cnorm = xp.linalg.vector_norm(c)
@@ -117,8 +119,7 @@ def correction(lin: Linearization, *, gamma: float, sign: float, normalize_gamma
         g = gamma / xp.maximum(cnorm, tiny)
     else:
         g = xp.asarray(gamma, dtype=lin.dtype)
-    rhs = (lin.matvec(lin.h) if jh is None else jh) - (sign * g) * c
-    del jh  # k floats that LSMR does not need
+    rhs = (lin.matvec(lin.h) if jh is None else jh()) - (sign * g) * c
     J = LinearOperator((c.shape[0], lin.n), lin.matvec, lin.rmatvec, dtype=lin.dtype,
                        rmatvec_pieces=lin.rmatvec_pieces)
     x, info = lsmr(J, rhs, damp=damp, atol=atol, btol=btol, maxiter=maxiter)

@@ -204,12 +204,14 @@ class ConstrainedOptimizer:
         # theta_old nor u (two vectors of N) is kept; c(theta_old) is k floats.
         lin = self._linearize(None, self._tensors)
         result = self.optimizer.step(closure)
-        # J u as a temporary: correction frees it before the solve.
-        x, info = correction(
-            lin, sign=-1.0, **self._settings,
-            jh=linear_residual(self.constraint, self._tree(self._tensors)).to(lin.dtype) - lin.c)
+        x, info = correction(lin, sign=-1.0, jh=lambda: self._residual(lin.dtype) - lin.c,
+                             **self._settings)
         self._subtract(x)
         return result, info
+
+    def _residual(self, dtype: Any) -> Any:
+        """``c(theta)`` of a linear constraint at the parameters now, in ``dtype``."""
+        return linear_residual(self.constraint, self._tree(self._tensors)).to(dtype)
 
     def _subtract(self, x: Any) -> None:
         """``theta -= x``, in place, ``x`` flat."""
