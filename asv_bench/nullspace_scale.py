@@ -14,8 +14,11 @@
 ``--quick``: width 256, 4 blocks) on a batch of 32 random images with random
 labels (cross-entropy); constraint: the gradual-pruning one at its end, the
 90% smallest-magnitude weights of every Linear/Conv layer held at zero
-(``c = W[held]``, k = 44.6M rows, ``J J^T = I``). Everything below holds for
-either model.
+(``c = W[held]``, k = 44.6M rows, ``J J^T = I``), given as a
+`lsqdiff.nullspace.LinearConstraint` (``J v`` a gather, ``J^T u`` a scatter;
+no autograd graph; the update placement keeps no ``theta_old``). The "VJP of
+the constraint" is then autograd's, through ``cat(w[mask])``. Everything below
+holds for either model.
 
 Model: MLP 1024 -> 4096 -> 4096 -> 4096 -> 4096 -> 32 (ReLU), 54.7M parameters.
 Unconstrained step: forward + backward of an MSE loss on a batch of 64 and one
@@ -160,7 +163,8 @@ def make_vjp(setup: dict):
 def make_parts(setup: dict) -> dict:
     """What one LSMR iteration is made of: the projection's two products with J
     (``rmatvec``: a VJP, read leaf by leaf; ``matvec``: reverse over reverse on
-    the same graph), ``torch.func.jvp`` for comparison, and one vector update
+    the same graph; for a `LinearConstraint` both are its own products),
+    ``torch.func.jvp`` for comparison, and one vector update
     on N floats, allocating and in place; and 12 iterations of LSMR itself,
     each timed from one product with J to the next: the median iteration less
     the two products is the iteration's own vector work. Returns the
