@@ -195,6 +195,9 @@ def test_mask_constraint_products(dtype):
     lhs = torch.dot(mask.held(v), u)
     rhs = sum(torch.sum(v[n] * at[n]) for n in at)
     assert float(lhs) == pytest.approx(float(rhs), rel=1e-5)
+    mask.masks["5.weight"] = torch.ones_like(mask.masks["5.weight"])  # as torch's pruning sets it
+    with torch.no_grad():
+        assert torch.equal(mask.held(params), reference(params))
     x = torch.rand(16, 1, 8, 8, dtype=dtype)
     y = torch.randint(10, (16,))
     out = []
