@@ -181,3 +181,42 @@ def test_jax_project_matches_generic(dtype_name):
                                                              "w": rmatvec(u)["w"].T}), params)
     with pytest.raises(ValueError, match="matvec must return"):
         project(h, LinearConstraint(lambda p: (A @ flat(p))[:, None], rmatvec), params)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_torch_any_grad_mode(mode):
+    """As the generic path: the projection runs whatever the caller's grad mode."""
+    torch = pytest.importorskip("torch")
+    params, generic, linear = torch_problem("float64")
+    h = {n: torch.ones_like(p) for n, p in params.items()}
+    expected, _ = project(h, generic, params, **SETTINGS)
+    with getattr(torch, mode)():
+        d, info = project(h, linear, params, **SETTINGS)
+    assert info.converged
+    assert all(torch.allclose(d[n], expected[n], atol=1e-11) for n in params)
+
+
+def test_optax_takes_a_linear_constraint():
+    """optax's nullspace with a LinearConstraint keeps A theta = b exactly (update placement)."""
+    jax = pytest.importorskip("jax")
+    optax = pytest.importorskip("optax")
+    import jax.numpy as jnp
+
+    from lsqdiff.nullspace.optax import nullspace
+
+    A = jnp.asarray([[1.0, 1.0, 0.0], [0.0, 1.0, -1.0]])
+    b = jnp.asarray([1.0, 0.5])
+    total = LinearConstraint(lambda p: A @ p, lambda u: A.T @ u, offset=b)
+    opt = optax.chain(optax.adam(0.1), nullspace(total, gamma=1.0, **SETTINGS))
+    params = jnp.zeros(3)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(lambda p: jnp.sum((p - jnp.arange(3.0)) ** 2))(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(3):
+        params, state = step(params, state)
+    np.testing.assert_allclose(A @ params, b, atol=1e-5)

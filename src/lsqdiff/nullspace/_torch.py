@@ -21,9 +21,9 @@ def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> 
     inference mode turns off and ``torch.enable_grad`` does not turn back on, so
     the graph is built, and the products run, outside it. A `LinearConstraint`
     brings its own products: no graph (`linear`)."""
-    if isinstance(constraint, LinearConstraint):
-        return linear(constraint, params, direction)
     with torch.inference_mode(False):
+        if isinstance(constraint, LinearConstraint):
+            return linear(constraint, params, direction)
         return _linearize(constraint, params, direction)
 
 
@@ -35,10 +35,9 @@ def linear(constraint: LinearConstraint, params: Any, direction: Any | None) -> 
     `lsqdiff.nullspace._core.correction` itself); ``unflatten`` then maps to
     the parameters' structure."""
     p_leaves, rebuild = _leaves(params, "params")
-    a_dtype = _widest(p_leaves)  # that of A's products
+    a_dtype = dtype = _widest(p_leaves)  # A's products' dtype, and c's
     c = linear_residual(constraint, params)
     k = c.shape[0]
-    dtype = torch.promote_types(a_dtype, c.dtype)
     h = None
     rebuild_h, h_leaves = rebuild, p_leaves
     if direction is not None:
@@ -76,11 +75,7 @@ def linear_residual(constraint: LinearConstraint, params: Any) -> Any:
     history; ``A params`` is checked as every ``matvec`` output is."""
     p_leaves, _ = _leaves(params, "params")
     with torch.inference_mode(False), torch.no_grad():
-        a_theta = constraint.matvec(params)
-        if not isinstance(a_theta, torch.Tensor) or a_theta.ndim != 1:
-            raise ValueError(f"matvec must return a 1-D torch tensor, got "
-                             f"{type(a_theta).__name__} of shape {tuple(getattr(a_theta, 'shape', ()))}")
-        _check_matvec(a_theta, a_theta.shape[0], _widest(p_leaves))
+        a_theta = _check_matvec(constraint.matvec(params), None, _widest(p_leaves))
         if constraint.offset is None:
             return a_theta
         b = constraint.offset
@@ -91,11 +86,13 @@ def linear_residual(constraint: LinearConstraint, params: Any) -> Any:
         return a_theta - b.to(a_theta.dtype)
 
 
-def _check_matvec(out: Any, k: int, dtype: Any) -> Any:
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (k,):
-        raise ValueError(f"matvec must return a 1-D torch tensor of shape ({k},) (the "
-                         f"constraint's length), got {type(out).__name__} of shape "
-                         f"{tuple(getattr(out, 'shape', ()))}")
+def _check_matvec(out: Any, k: int | None, dtype: Any) -> Any:
+    """``out`` if it is a 1-D tensor (of length ``k``, where given) of ``dtype``."""
+    shape = tuple(getattr(out, "shape", ()))
+    if not isinstance(out, torch.Tensor) or len(shape) != 1 or k is not None and shape != (k,):
+        raise ValueError(f"matvec must return a 1-D torch tensor of shape "
+                         f"{'(k,)' if k is None else (k,)} (the constraint's length), got "
+                         f"{type(out).__name__} of shape {shape}")
     if out.dtype != dtype:
         raise TypeError(f"matvec must return the parameters' dtype {dtype}, got {out.dtype}")
     return out

@@ -32,11 +32,14 @@ class ConstrainedOptimizer:
     optimizer : torch.optim.Optimizer
         The base optimizer (SGD, Adam, ...). It keeps its own state and
         hyperparameters; pass it (not the wrapper) to LR schedulers.
-    constraint : callable
+    constraint : callable or lsqdiff.nullspace.LinearConstraint
         ``params -> c``, a 1-D tensor of length ``k``, computed from its
         argument: a dict ``name -> tensor`` when ``params`` is an ``nn.Module``
         (ready for ``torch.func.functional_call(module, params, inputs)``), a
-        tuple of tensors otherwise.
+        tuple of tensors otherwise. A `LinearConstraint` (``c = A theta - b``)
+        brings ``A``'s own products (no autograd graph), and the ``"update"``
+        placement then keeps ``c(theta_old)`` instead of ``theta_old`` and the
+        update (two vectors of the parameters' size).
     params : nn.Module or sequence of tensors, optional
         The parameters ``theta`` the constraint depends on and the projection
         moves: a module's parameters with ``requires_grad`` (by name), or the
