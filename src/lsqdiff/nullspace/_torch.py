@@ -124,9 +124,9 @@ class _Adjoint:
                 raise ValueError(f"rmatvec returned {len(got)} tensors for {len(self.leaves)} "
                                  "parameters")
         if got is None:
-            raise TypeError(f"rmatvec must return the parameters' structure "
-                            f"({'a tensor' if self.single else 'a dict' if self.keys else 'a list/tuple'}"
-                            f" of tensors), got {type(out).__name__}")
+            kind = "a tensor" if self.single else "a dict" if self.keys else "a list/tuple"
+            raise TypeError(f"rmatvec must return the parameters' structure ({kind} of "
+                            f"tensors), got {type(out).__name__}")
         pieces = []
         for i, (g, p) in enumerate(zip(got, self.leaves)):
             where = self.keys[i] if self.keys is not None else i
