@@ -6,6 +6,7 @@
     python asv_bench/nullspace_scale.py              # full figures (a few minutes on CPU)
     python asv_bench/nullspace_scale.py --quick      # width 1024: a smoke run
     python asv_bench/nullspace_scale.py --parts      # only the pieces of an LSMR iteration
+    python asv_bench/nullspace_scale.py --live       # the buffers alive at a step's peak
     python asv_bench/nullspace_scale.py --device cuda
     python asv_bench/nullspace_scale.py --model vit  # the ViT with the pruning constraint
 
@@ -14,8 +15,11 @@
 ``--quick``: width 256, 4 blocks) on a batch of 32 random images with random
 labels (cross-entropy); constraint: the gradual-pruning one at its end, the
 90% smallest-magnitude weights of every Linear/Conv layer held at zero
-(``c = W[held]``, k = 44.6M rows, ``J J^T = I``). Everything below holds for
-either model.
+(``c = W[held]``, k = 44.6M rows, ``J J^T = I``), given as a
+`lsqdiff.nullspace.LinearConstraint` (``J v`` a gather, ``J^T u`` a scatter;
+no autograd graph; the update placement keeps no ``theta_old``). The "VJP of
+the constraint" is then autograd's, through ``cat(w[mask])``. Everything below
+holds for either model.
 
 Model: MLP 1024 -> 4096 -> 4096 -> 4096 -> 4096 -> 32 (ReLU), 54.7M parameters.
 Unconstrained step: forward + backward of an MSE loss on a batch of 64 and one
@@ -160,7 +164,8 @@ def make_vjp(setup: dict):
 def make_parts(setup: dict) -> dict:
     """What one LSMR iteration is made of: the projection's two products with J
     (``rmatvec``: a VJP, read leaf by leaf; ``matvec``: reverse over reverse on
-    the same graph), ``torch.func.jvp`` for comparison, and one vector update
+    the same graph; for a `LinearConstraint` both are its own products),
+    ``torch.func.jvp`` for comparison, and one vector update
     on N floats, allocating and in place; and 12 iterations of LSMR itself,
     each timed from one product with J to the next: the median iteration less
     the two products is the iteration's own vector work. Returns the
@@ -242,6 +247,64 @@ def parts(width: int, device: str, reps: int, model: str = "mlp") -> dict:
     med["its vector work (iteration - rmatvec - matvec)"] = (
         iteration - med["rmatvec (J^T u, leaf by leaf)"] - med["matvec (J v)"])
     return med
+
+
+def live_buffers(width: int, device: str, model: str = "mlp", min_bytes: int = 2 ** 20) -> dict:
+    """The tensors of at least ``min_bytes`` made during one constrained step
+    (maxiter 20, after a first step) that are alive at the step's peak: a
+    ``TorchDispatchMode`` counts every new tensor an aten call returns (views
+    and in-place results are not new) until Python drops it. Returns the peak
+    in bytes and, per (aten call, the line of lsqdiff or this script that made
+    it), the bytes alive at the peak."""
+    import collections
+    import traceback
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Live(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live: dict = {}
+            self.now = self.peak = 0
+            self.at_peak: list = []
+
+        def free(self, key: int) -> None:
+            self.now -= self.live.pop(key)[0]
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = tree_flatten((args, kwargs))[0]
+            for t in tree_flatten(out)[0]:
+                if not isinstance(t, torch.Tensor) or func.is_view or func._schema.is_mutable \
+                        or any(t is a for a in inputs) or id(t) in self.live:
+                    continue
+                size = t.untyped_storage().nbytes()
+                if size < min_bytes:
+                    continue
+                where = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}"
+                         for f in traceback.extract_stack()[:-1]
+                         if "lsqdiff" in f.filename or "nullspace_scale" in f.filename]
+                self.live[id(t)] = (size, str(func), where[-1] if where else "?")
+                self.now += size
+                weakref.finalize(t, self.free, id(t))
+                if self.now > self.peak:
+                    self.peak, self.at_peak = self.now, list(self.live.values())
+            return out
+
+    setup = build(width, device, model=model)
+    step = make_step(setup, 20)
+    step()
+    mode = Live()
+    with mode:
+        step()
+    alive: dict = collections.Counter()
+    for size, func, where in mode.at_peak:
+        alive[(func, where)] += size
+    return {"peak": mode.peak, "alive": dict(alive), "parameters": setup["parameters"],
+            "k": setup["k"]}
 
 
 def _sync(device: str) -> None:
@@ -377,6 +440,8 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--parts", action="store_true",
                     help="only time the pieces of an LSMR iteration (J v, J^T u, a vector update)")
+    ap.add_argument("--live", action="store_true",
+                    help="only list the buffers alive at a constrained step's peak")
     args = ap.parse_args(argv)
     import torch
 
@@ -385,6 +450,16 @@ def main(argv=None) -> None:
     else:
         width = args.width or (1024 if args.quick else 4096)
     label = f"{args.model.upper()} width {width}"
+    if args.live:
+        live = live_buffers(width, args.device, args.model)
+        n_bytes = 4 * live["parameters"]
+        print(f"{label}: N = {live['parameters']}, k = {live['k']}; tensors made in one "
+              f"constrained step, alive at its peak: {live['peak'] / MB:.1f} MiB = "
+              f"{live['peak'] / n_bytes:.2f} vectors of N floats\n")
+        print("| made by | where | MiB | vectors of N |\n|---|---|---:|---:|")
+        for (func, where), size in sorted(live["alive"].items(), key=lambda item: -item[1]):
+            print(f"| `{func}` | `{where}` | {size / MB:.1f} | {size / n_bytes:.2f} |")
+        return
     if args.parts:
         med = parts(width, args.device, args.reps, args.model)
         print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads | "

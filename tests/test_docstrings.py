@@ -7,12 +7,13 @@ import pytest
 
 MODULES = ["lsqdiff.solvers", "lsqdiff.operator", "lsqdiff._info", "lsqdiff.adjoint", "lsqdiff._jacobi",
            "lsqdiff._diagnostics",
-           "lsqdiff.compat.scipy", "lsqdiff.nullspace", "lsqdiff.nullspace._core",
+           "lsqdiff.compat.scipy", "lsqdiff.nullspace", "lsqdiff.nullspace._core", "lsqdiff.nullspace._linear",
            "lsqdiff.nullspace.torch", "lsqdiff.nullspace.optax", "lsqdiff.examples._compare",
            "lsqdiff.examples.gp", "lsqdiff.examples.gp_data"]
 
 #: What each module's examples import besides NumPy (skipped when missing).
 NEEDS = {"lsqdiff._diagnostics": ["torch"], "lsqdiff.nullspace": ["torch", "jax"], "lsqdiff.nullspace._core": ["torch"],
+         "lsqdiff.nullspace._linear": ["torch"],
          "lsqdiff.nullspace.torch": ["torch"], "lsqdiff.nullspace.optax": ["jax", "optax"],
          "lsqdiff.examples._compare": ["torch"], "lsqdiff.examples.gp": ["torch"],
          "lsqdiff.examples.gp_data": ["sklearn"]}

@@ -167,31 +167,52 @@ def test_cli_writes_only_to_out(tmp_path, monkeypatch):
         sparsity.main(["--methods", "nope"])
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")  # torch.func.jvp
-def test_held_weights_derivatives():
-    """`GradualMask.constraint` has its own derivatives: they must be those of
-    ``cat(w[mask])`` in reverse, forward and reverse-over-reverse mode."""
-    model = _model(torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mask_constraint_products(dtype):
+    """`GradualMask.constraint` is a LinearConstraint: `held` is ``cat(w[mask])``
+    (with and without autograd recording), `scatter` its adjoint, and the
+    null-space steps it gives are those of the generic path on ``cat(w[mask])``."""
+    from lsqdiff.nullspace import LinearConstraint
+    from lsqdiff.nullspace.torch import ConstrainedOptimizer
+
+    model = _model(dtype)
     mask = GradualMask(model)
-    params = {n: p.detach() for n, p in model.named_parameters()}
+    params = dict(model.named_parameters())
     mask.grow(params, 0.7)
 
     def reference(q):
         return torch.cat([q[n][mask.masks[n]] for n in mask.names])
 
+    assert isinstance(mask.constraint, LinearConstraint)
+    with torch.no_grad():
+        assert torch.equal(mask.held(params), reference(params))
+    recorded = mask.held(params)
+    assert recorded.requires_grad and torch.equal(recorded.detach(), reference(params).detach())
+    u = torch.randn(mask.count(), dtype=dtype)
     v = {n: torch.randn_like(p) for n, p in params.items()}
-    assert torch.equal(torch.func.jvp(mask.constraint, (params,), (v,))[1],
-                       torch.func.jvp(reference, (params,), (v,))[1])
-    c, pullback = torch.func.vjp(mask.constraint, params)
-    u = torch.randn_like(c)
-    expected = torch.func.vjp(reference, params)[1](u)[0]
-    assert all(torch.equal(pullback(u)[0][n], expected[n]) for n in params)
-    names = mask.names
-    leaves = [params[n][:2].clone().requires_grad_() for n in names]  # small: gradgradcheck
-
-    def small(*ls):
-        sub = GradualMask.__new__(GradualMask)
-        sub.names, sub.masks = names, {n: mask.masks[n][:2] for n in names}
-        return sub.constraint(dict(zip(names, ls)))
-
-    assert torch.autograd.gradgradcheck(small, leaves)
+    at = mask.scatter(u)
+    assert set(at) == set(mask.names) and all(at[n].dtype == dtype for n in at)
+    lhs = torch.dot(mask.held(v), u)
+    rhs = sum(torch.sum(v[n] * at[n]) for n in at)
+    assert float(lhs) == pytest.approx(float(rhs), rel=1e-5)
+    mask.masks["5.weight"] = torch.ones_like(mask.masks["5.weight"])  # as torch's pruning sets it
+    with torch.no_grad():
+        assert torch.equal(mask.held(params), reference(params))
+    x = torch.rand(16, 1, 8, 8, dtype=dtype)
+    y = torch.randint(10, (16,))
+    out = []
+    for constraint in ("linear", "generic"):
+        model = _model(dtype)
+        mask = GradualMask(model)
+        mask.grow(dict(model.named_parameters()), 0.7)
+        c = mask.constraint if constraint == "linear" else \
+            (lambda q, m=mask: torch.cat([q[n][m.masks[n]] for n in m.names]))
+        opt = ConstrainedOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), c, model,
+                                   gamma=0.5)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        out.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    eps = torch.finfo(dtype).eps
+    assert torch.allclose(out[0], out[1], atol=100 * eps, rtol=0)

@@ -28,7 +28,7 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
     a NaN in the incoming gradient must give NaN gradients, never zeros."""
     device = aac.device(b)
     op = as_operator(A, xp, backend, dtype, device)
-    b = xp.astype(b, dtype)
+    b = xp.astype(b, dtype, copy=False)  # only read: LSMR/LSQR never write into b
     x0 = None if x0 is None else xp.astype(x0, dtype, copy=True)
     batch = tuple(b.shape[1:])
     scalar_dtype = real_dtype(xp, dtype)

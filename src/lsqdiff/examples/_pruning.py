@@ -9,7 +9,6 @@ The weights concerned are those of every ``nn.Linear`` and ``nn.Conv*`` layer
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -78,7 +77,17 @@ class GradualMask:
     model : nn.Module
         The model whose `prunable_weights` are pruned.
     names : sequence of str, optional
-        The weights to prune (default: `prunable_weights`).
+        The weights to prune (default: `prunable_weights`; they must share
+        one dtype).
+
+    Attributes
+    ----------
+    masks : dict
+        Name -> boolean tensor, True where the weight is held.
+    constraint : lsqdiff.nullspace.LinearConstraint
+        ``c(theta) = A theta``, the held weights (`held`), with ``A``'s own
+        products (`held` and `scatter`): the null-space method applies ``J``
+        with a gather and a scatter, no autograd.
 
     Examples
     --------
@@ -96,13 +105,21 @@ class GradualMask:
     def __init__(self, model: Any, names: Sequence[str] | None = None):
         import torch
 
+        from lsqdiff.nullspace import LinearConstraint
+
         params = dict(model.named_parameters())
         self.names = list(names) if names is not None else prunable_weights(model)
         missing = [n for n in self.names if n not in params]
         if missing:
             raise ValueError(f"names: {missing} are not parameters of the model")
+        if len({params[n].dtype for n in self.names}) > 1:
+            raise ValueError("model: the pruned weights must share one dtype")
         self.masks = {n: torch.zeros_like(params[n], dtype=torch.bool) for n in self.names}
         self.total = sum(m.numel() for m in self.masks.values())
+        #: ``c(theta) = A theta``, the held weights, with ``A``'s own products
+        #: (`held`, `scatter`): what the null-space method is given.
+        self.constraint = LinearConstraint(self.held, self.scatter)
+        self._positions: tuple[list, list] | None = None
 
     def count(self) -> int:
         """Number of weights held at zero."""
@@ -128,18 +145,66 @@ class GradualMask:
             scores = torch.cat([
                 torch.where(self.masks[n], -1.0, params[n].abs().float()).reshape(-1)
                 for n in self.names])
-            chosen = torch.zeros(self.total, dtype=torch.bool, device=scores.device)
-            chosen[torch.topk(scores, target, largest=False, sorted=False).indices] = True
+            # The complement: the total - target largest stay free (at 90% a ninth
+            # of the int64 indices and values topk would return for the held).
+            chosen = torch.ones(self.total, dtype=torch.bool, device=scores.device)
+            chosen[torch.topk(scores, self.total - target, sorted=False).indices] = False
         sizes = [self.masks[n].numel() for n in self.names]
         for n, part in zip(self.names, torch.split(chosen, sizes)):
             self.masks[n] = part.view(self.masks[n].shape)
         return self.count()
 
-    def constraint(self, params: dict) -> Any:
-        """``c(theta)``: the held weights, one flat vector (the null-space method's
-        constraint ``c = 0``; ``k`` = `count`)."""
+    def held(self, params: dict) -> Any:
+        """The held weights of ``params`` (name -> tensor), one flat vector:
+        ``A theta``, the null-space method's constraint ``c = A theta = 0``
+        (``k`` = `count`); ``constraint`` gives it with its adjoint `scatter`.
+
+        A gather by the held weights' positions (`positions`): on 49.6M
+        weights 0.03 s against 0.9 s for ``masked_select``. With grad mode on
+        (the penalty, ``torch.func``) it is differentiable; under
+        ``torch.no_grad`` (the null-space method's products) each layer's held
+        weights go straight into their slice of one buffer."""
+        import torch
+
+        weights = [params[n].reshape(-1) for n in self.names]
+        index = self.positions()
+        if torch.is_grad_enabled():  # out= has no derivatives, forward or reverse
+            return torch.cat([torch.index_select(w, 0, i) for w, i in zip(weights, index)])
+        out = torch.empty(sum(i.numel() for i in index), dtype=weights[0].dtype,
+                          device=weights[0].device)
+        for w, i, part in zip(weights, index, torch.split(out, [i.numel() for i in index])):
+            torch.index_select(w, 0, i, out=part)
+        return out
+
+    def scatter(self, u: Any) -> dict:
+        """``A^T u``: the entries of ``u`` at the held weights' places, zeros
+        elsewhere (name -> tensor, the pruned weights only: the other
+        parameters' part is zero); the adjoint of `held`.
+
+        An ``index_add_`` into fresh zeros at `positions` (each place once,
+        so exactly ``u``'s entries): 0.12 s on 49.6M floats against 0.15 s
+        for ``masked_scatter_``."""
+        import torch
+
+        index = self.positions()
+        pieces = torch.split(u, [i.numel() for i in index])
+        return {n: torch.zeros(self.masks[n].numel(), dtype=u.dtype, device=u.device)
+                .index_add_(0, i, piece).view(self.masks[n].shape)
+                for n, i, piece in zip(self.names, index, pieces)}
+
+    def positions(self) -> list:
+        """Per layer, the flat positions of its held weights, in int32 (int64
+        past 2**31 weights): 4 bytes per held weight kept between steps, for a
+        gather 30 times faster than ``masked_select``. Recomputed when a mask
+        was replaced (`grow`, or a caller assigning ``masks[name]``)."""
+        import torch
+
         masks = [self.masks[n] for n in self.names]
-        return _held_weights().apply(masks, *(params[n] for n in self.names))
+        if self._positions is None or any(a is not b for a, b in zip(self._positions[0], masks)):
+            self._positions = (masks, [
+                m.reshape(-1).nonzero().view(-1).to(torch.int32 if m.numel() < 2**31
+                                                    else torch.int64) for m in masks])
+        return self._positions[1]
 
     def violation(self, params: dict) -> Any:
         """The held weights in place, the free ones as 0: a vector of fixed length
@@ -160,46 +225,6 @@ class GradualMask:
         """Largest ``|w|`` among the held weights of ``params`` (0 when none is held)."""
         return max((float(params[n].detach()[self.masks[n]].abs().max()) for n in self.names
                     if bool(self.masks[n].any())), default=0.0)
-
-
-@functools.cache
-def _held_weights() -> Any:
-    """``(masks, *weights) -> cat(w[mask] for each)`` with a cheap ``J^T u`` and
-    ``J v``.
-
-    The same vector as ``torch.cat([w[m] for ...])``, but autograd's own
-    derivatives of that are slow at scale: boolean indexing's backward is an
-    accumulating ``index_put`` (it sorts the indices), and the second
-    derivative of ``cat`` (what `lsqdiff.nullspace` uses for ``J v``) builds
-    a zero vector of length ``k`` per layer. Here the backward is one
-    ``split`` and a ``masked_scatter`` per layer, both differentiable, and
-    their derivatives are ``masked_select`` and one ``cat``: ``O(N + k)``.
-    """
-    import torch
-
-    class HeldWeights(torch.autograd.Function):
-        @staticmethod
-        def forward(masks: list, *weights: Any) -> Any:
-            return torch.cat([torch.masked_select(w, m) for w, m in zip(weights, masks)])
-
-        @staticmethod
-        def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-            ctx.masks = inputs[0]
-            ctx.sizes = [int(m.sum()) for m in inputs[0]]
-
-        @staticmethod
-        def backward(ctx: Any, g: Any) -> Any:
-            pieces = torch.split(g, ctx.sizes)
-            # Into fresh zeros in place: masked_scatter would copy them first, one
-            # more pass over every weight (and a second buffer of N) per J^T u.
-            return (None, *(torch.zeros(m.shape, dtype=g.dtype, device=g.device)
-                            .masked_scatter_(m, piece) for m, piece in zip(ctx.masks, pieces)))
-
-        @staticmethod
-        def jvp(ctx: Any, _: Any, *tangents: Any) -> Any:
-            return torch.cat([torch.masked_select(t, m) for t, m in zip(tangents, ctx.masks)])
-
-    return HeldWeights
 
 
 class L1Budget:

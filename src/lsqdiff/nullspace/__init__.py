@@ -22,8 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._core import PLACEMENTS, ProjectionInfo, check_knobs, solve
+from ._linear import LinearConstraint
 
-__all__ = ["PLACEMENTS", "ProjectionInfo", "project"]
+__all__ = ["PLACEMENTS", "LinearConstraint", "ProjectionInfo", "project"]
 
 
 def project(direction: Any, constraint: Callable[[Any], Any], params: Any, *,
@@ -52,10 +53,11 @@ def project(direction: Any, constraint: Callable[[Any], Any], params: Any, *,
     ----------
     direction : pytree or tensor(s)
         ``h``, with the structure and leaf shapes of ``params``. Never modified.
-    constraint : callable
+    constraint : callable or LinearConstraint
         ``params -> c``, a 1-D array of length ``k`` of the same framework,
         computed from its argument (not from tensors it closes over: those
-        get no derivative).
+        get no derivative). A `LinearConstraint` (``c = A theta - b``) brings
+        ``A``'s own products, which then replace the framework's derivatives.
     params : pytree or tensor(s)
         JAX: any pytree of arrays. PyTorch: a tensor, a list or tuple of
         tensors, or a dict of tensors (``constraint`` receives the same kind

@@ -69,7 +69,9 @@ class ProjectionInfo:
 class Linearization:
     """A constraint linearised at the parameters, with the direction flattened.
 
-    ``h`` and ``c`` are 1-D arrays in the solve dtype ``dtype``; ``matvec``
+    ``n`` is the number of parameters; ``h`` and ``c`` are 1-D arrays in the
+    solve dtype ``dtype`` (``h`` may be None where the caller gives ``J h`` to
+    `correction` itself); ``matvec``
     (``v -> J v``) and ``rmatvec`` (``u -> J^T u``) take and return that dtype;
     ``rmatvec_pieces``, where given, returns ``J^T u`` leaf by leaf
     (`lsqdiff.LinearOperator`); ``unflatten`` maps a flat vector back to the
@@ -79,7 +81,8 @@ class Linearization:
 
     xp: Any
     dtype: Any
-    h: Array
+    n: int
+    h: Array | None
     c: Array
     matvec: Callable[[Array], Array]
     rmatvec: Callable[[Array], Array]
@@ -96,13 +99,18 @@ def solve(lin: Linearization, **settings: Any) -> tuple[Any, ProjectionInfo]:
 
 
 def correction(lin: Linearization, *, gamma: float, sign: float, normalize_gamma: bool,
-               damp: float, maxiter: int, atol: float, btol: float
+               damp: float, maxiter: int, atol: float, btol: float,
+               jh: Callable[[], Array] | None = None
                ) -> tuple[Array, ProjectionInfo]:
     """``x = J^+ (J h - sign * gamma_eff * c)``, flat, so that ``d = h - x``: one
     LSMR solve with ``J``.
 
     ``sign = +1`` is the descent convention of `project`; ``sign = -1`` the
     additive-update convention of the optimizers' ``"update"`` placement.
+    ``jh``: a function returning ``J h``, where the caller has it without
+    ``h`` (a linear constraint's ``c(theta + h) - c(theta)``); a function, so
+    that those ``k`` floats are freed before the solve (an argument would
+    stay alive on the caller's stack until the call returns).
     """
     xp, c = lin.xp, lin.c
     cnorm = xp.linalg.vector_norm(c)
@@ -111,8 +119,8 @@ def correction(lin: Linearization, *, gamma: float, sign: float, normalize_gamma
         g = gamma / xp.maximum(cnorm, tiny)
     else:
         g = xp.asarray(gamma, dtype=lin.dtype)
-    rhs = lin.matvec(lin.h) - (sign * g) * c
-    J = LinearOperator((c.shape[0], lin.h.shape[0]), lin.matvec, lin.rmatvec, dtype=lin.dtype,
+    rhs = (lin.matvec(lin.h) if jh is None else jh()) - (sign * g) * c
+    J = LinearOperator((c.shape[0], lin.n), lin.matvec, lin.rmatvec, dtype=lin.dtype,
                        rmatvec_pieces=lin.rmatvec_pieces)
     x, info = lsmr(J, rhs, damp=damp, atol=atol, btol=btol, maxiter=maxiter)
     # normr^2 = ||rhs - J x||^2 + damp^2 ||x||^2, and rhs - J x = sign*g*c - J d.

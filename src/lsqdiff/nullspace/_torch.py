@@ -11,6 +11,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._core import Linearization
+from ._linear import LinearConstraint
 
 
 def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> Linearization:
@@ -18,9 +19,129 @@ def linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> 
 
     Under ``torch.inference_mode()`` too: ``J``'s products need autograd, which
     inference mode turns off and ``torch.enable_grad`` does not turn back on, so
-    the graph is built, and the products run, outside it."""
+    the graph is built, and the products run, outside it. A `LinearConstraint`
+    brings its own products: no graph (`linear`)."""
     with torch.inference_mode(False):
+        if isinstance(constraint, LinearConstraint):
+            return linear(constraint, params, direction)
         return _linearize(constraint, params, direction)
+
+
+def linear(constraint: LinearConstraint, params: Any, direction: Any | None) -> Linearization:
+    """`linearize` for a `LinearConstraint`: ``J v`` and ``J^T u`` are its own
+    ``matvec`` and ``rmatvec``, their outputs checked at every call.
+
+    ``direction`` may be None (``h`` is then None: the caller gives ``J h`` to
+    `lsqdiff.nullspace._core.correction` itself); ``unflatten`` then maps to
+    the parameters' structure."""
+    p_leaves, rebuild = _leaves(params, "params")
+    a_dtype = dtype = _widest(p_leaves)  # A's products' dtype, and c's
+    c = linear_residual(constraint, params)
+    k = c.shape[0]
+    h = None
+    rebuild_h, h_leaves = rebuild, p_leaves
+    if direction is not None:
+        h_leaves, rebuild_h = _leaves(direction, "direction")
+        _check_match(params, direction, p_leaves, h_leaves)
+        dtype = torch.promote_types(dtype, _widest(h_leaves))
+        with torch.no_grad():
+            h = _flat(h_leaves, dtype)
+    sizes = [t.numel() for t in p_leaves]
+    adjoint = _Adjoint(constraint.rmatvec, params, p_leaves)
+
+    def views(flat: Any, like: Sequence[Any]) -> list[Any]:
+        return [part.view(t.shape).to(t.dtype) for part, t in zip(torch.split(flat, sizes), like)]
+
+    def matvec(v: Any) -> Any:
+        return _check_matvec(constraint.matvec(rebuild(views(v, p_leaves))), k, a_dtype).to(dtype)
+
+    def rmatvec_pieces(u: Any) -> list[Any]:
+        return [g.reshape(-1).to(dtype) for g in adjoint(u.to(a_dtype))]
+
+    def rmatvec(u: Any) -> Any:
+        return torch.cat(rmatvec_pieces(u))
+
+    def unflatten(d: Any) -> Any:
+        return rebuild_h(views(d, h_leaves))
+
+    return Linearization(xp=array_api_compat.array_namespace(c), dtype=dtype, n=sum(sizes), h=h,
+                         c=c.to(dtype), matvec=_product(matvec), rmatvec=_product(rmatvec),
+                         rmatvec_pieces=_product(rmatvec_pieces), unflatten=_no_grad(unflatten),
+                         host=_host)
+
+
+def linear_residual(constraint: LinearConstraint, params: Any) -> Any:
+    """``c(params) = A params - b`` of a `LinearConstraint`, without autograd
+    history; ``A params`` is checked as every ``matvec`` output is."""
+    p_leaves, _ = _leaves(params, "params")
+    with torch.inference_mode(False), torch.no_grad():
+        a_theta = _check_matvec(constraint.matvec(params), None, _widest(p_leaves))
+        if constraint.offset is None:
+            return a_theta
+        b = constraint.offset
+        if not isinstance(b, torch.Tensor) or b.shape != a_theta.shape:
+            raise ValueError(f"offset must be a 1-D torch tensor of shape {tuple(a_theta.shape)} "
+                             f"(matvec's output), got {type(b).__name__} of shape "
+                             f"{tuple(getattr(b, 'shape', ()))}")
+        return a_theta - b.to(a_theta.dtype)
+
+
+def _check_matvec(out: Any, k: int | None, dtype: Any) -> Any:
+    """``out`` if it is a 1-D tensor (of length ``k``, where given) of ``dtype``."""
+    shape = tuple(getattr(out, "shape", ()))
+    if not isinstance(out, torch.Tensor) or len(shape) != 1 or k is not None and shape != (k,):
+        raise ValueError(f"matvec must return a 1-D torch tensor of shape "
+                         f"{'(k,)' if k is None else (k,)} (the constraint's length), got "
+                         f"{type(out).__name__} of shape {shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"matvec must return the parameters' dtype {dtype}, got {out.dtype}")
+    return out
+
+
+class _Adjoint:
+    """``u -> A^T u`` by the user's ``rmatvec``, leaf by leaf in the parameters'
+    order; leaves it leaves out (None, or a key a dict omits) are zeros."""
+
+    def __init__(self, rmatvec: Callable[[Any], Any], params: Any, leaves: list[Any]):
+        self.rmatvec, self.leaves = rmatvec, leaves
+        self.keys = list(params.keys()) if isinstance(params, Mapping) else None
+        self.single = isinstance(params, torch.Tensor)
+
+    def __call__(self, u: Any) -> list[Any]:
+        out = self.rmatvec(u)
+        if self.single:
+            got: list[Any] | None = [out] if isinstance(out, torch.Tensor) else None
+        elif self.keys is not None:
+            got = None
+            if isinstance(out, Mapping):
+                extra = [key for key in out if key not in self.keys]
+                if extra:
+                    raise ValueError(f"rmatvec returned keys {extra} that are not parameters")
+                got = [out.get(key) for key in self.keys]
+        else:
+            got = list(out) if isinstance(out, (list, tuple)) else None
+            if got is not None and len(got) != len(self.leaves):
+                raise ValueError(f"rmatvec returned {len(got)} tensors for {len(self.leaves)} "
+                                 "parameters")
+        if got is None:
+            kind = "a tensor" if self.single else "a dict" if self.keys else "a list/tuple"
+            raise TypeError(f"rmatvec must return the parameters' structure ({kind} of "
+                            f"tensors), got {type(out).__name__}")
+        pieces = []
+        for i, (g, p) in enumerate(zip(got, self.leaves)):
+            where = self.keys[i] if self.keys is not None else i
+            if g is None:
+                pieces.append(torch.zeros_like(p))
+                continue
+            if not isinstance(g, torch.Tensor) or g.shape != p.shape:
+                raise ValueError(f"rmatvec's entry {where!r} must be a tensor of its parameter's "
+                                 f"shape {tuple(p.shape)}, got {type(g).__name__} of shape "
+                                 f"{tuple(getattr(g, 'shape', ()))}")
+            if g.dtype != p.dtype:
+                raise TypeError(f"rmatvec's entry {where!r} must have its parameter's dtype "
+                                f"{p.dtype}, got {g.dtype}")
+            pieces.append(g)
+        return pieces
 
 
 def _linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) -> Linearization:
@@ -70,7 +191,7 @@ def _linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) ->
     def unflatten_direction(d: Any) -> Any:
         return rebuild_h(views(d, h_leaves))
 
-    return Linearization(xp=array_api_compat.array_namespace(c), dtype=dtype, h=h,
+    return Linearization(xp=array_api_compat.array_namespace(c), dtype=dtype, n=sum(sizes), h=h,
                          c=c.to(dtype), matvec=_product(matvec), rmatvec=_product(rmatvec),
                          rmatvec_pieces=_product(rmatvec_pieces),
                          unflatten=_no_grad(unflatten_direction), host=_host)

@@ -44,8 +44,9 @@ def nullspace(constraint: Callable[[Any], Any], *, placement: str = "update",
 
     Parameters
     ----------
-    constraint : callable
-        ``params -> c``, a 1-D JAX array of length ``k``.
+    constraint : callable or lsqdiff.nullspace.LinearConstraint
+        ``params -> c``, a 1-D JAX array of length ``k``; a `LinearConstraint`
+        brings ``A``'s own products in place of ``jax.linearize``.
     placement : {"update", "gradient"}, optional
         ``"update"`` (default): use as the last element,
         ``optax.chain(optax.adam(1e-3), nullspace(c))``. The incoming updates

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from ._core import Linearization, ProjectionInfo, check_knobs, correction, solve
-from ._torch import buffers, linearize
+from ._linear import LinearConstraint
+from ._torch import buffers, linear_residual, linearize
 
 __all__ = ["ConstrainedOptimizer"]
 
@@ -31,11 +32,14 @@ class ConstrainedOptimizer:
     optimizer : torch.optim.Optimizer
         The base optimizer (SGD, Adam, ...). It keeps its own state and
         hyperparameters; pass it (not the wrapper) to LR schedulers.
-    constraint : callable
+    constraint : callable or lsqdiff.nullspace.LinearConstraint
         ``params -> c``, a 1-D tensor of length ``k``, computed from its
         argument: a dict ``name -> tensor`` when ``params`` is an ``nn.Module``
         (ready for ``torch.func.functional_call(module, params, inputs)``), a
-        tuple of tensors otherwise.
+        tuple of tensors otherwise. A `LinearConstraint` (``c = A theta - b``)
+        brings ``A``'s own products (no autograd graph), and the ``"update"``
+        placement then keeps ``c(theta_old)`` instead of ``theta_old`` and the
+        update (two vectors of the parameters' size).
     params : nn.Module or sequence of tensors, optional
         The parameters ``theta`` the constraint depends on and the projection
         moves: a module's parameters with ``requires_grad`` (by name), or the
@@ -177,6 +181,8 @@ class ConstrainedOptimizer:
         return result, info
 
     def _update_step(self, closure: Callable[[], Any] | None) -> tuple[Any, ProjectionInfo]:
+        if isinstance(self.constraint, LinearConstraint):
+            return self._linear_update_step(closure)
         # theta_old and u = theta_new - theta_old, each in one flat buffer where the
         # tensors share a dtype, which the projection then uses without copying.
         tensors = self._tensors
@@ -192,17 +198,38 @@ class ConstrainedOptimizer:
         # additive update (theta + u), opposite to the descent direction of project().
         lin = self._linearize(u, old)
         x, info = correction(lin, sign=-1.0, **self._settings)
-        # theta_old + (u - x) = theta_new - x: subtracted in place.
-        with torch.no_grad():
-            for p, dx in zip(tensors, torch.split(x, [p.numel() for p in tensors])):
-                p.sub_(dx.view(p.shape).to(p.dtype))
+        self._subtract(x)  # theta_old + (u - x) = theta_new - x
         return result, info
 
-    def _linearize(self, direction: Sequence[Any], at: Sequence[Any]) -> Linearization:
-        if self._names is None:
-            return linearize(self.constraint, tuple(at), tuple(direction))
-        return linearize(self.constraint, dict(zip(self._names, at)),
-                         dict(zip(self._names, direction)))
+    def _linear_update_step(self, closure: Callable[[], Any] | None
+                            ) -> tuple[Any, ProjectionInfo]:
+        # J = A whatever theta: J u = c(theta_new) - c(theta_old), so neither
+        # theta_old nor u (two vectors of N) is kept; c(theta_old) is k floats.
+        lin = self._linearize(None, self._tensors)
+        result = self.optimizer.step(closure)
+        x, info = correction(lin, sign=-1.0, jh=lambda: self._residual(lin.dtype) - lin.c,
+                             **self._settings)
+        self._subtract(x)
+        return result, info
+
+    def _residual(self, dtype: Any) -> Any:
+        """``c(theta)`` of a linear constraint at the parameters now, in ``dtype``."""
+        return linear_residual(self.constraint, self._tree(self._tensors)).to(dtype)
+
+    def _subtract(self, x: Any) -> None:
+        """``theta -= x``, in place, ``x`` flat."""
+        with torch.no_grad():
+            for p, dx in zip(self._tensors, torch.split(x, [p.numel() for p in self._tensors])):
+                p.sub_(dx.view(p.shape).to(p.dtype))
+
+    def _tree(self, tensors: Sequence[Any]) -> Any:
+        """What the constraint takes: a dict by name for a module, else a tuple."""
+        return tuple(tensors) if self._names is None else dict(zip(self._names, tensors))
+
+    def _linearize(self, direction: Sequence[Any] | None, at: Sequence[Any]) -> Linearization:
+        # direction None: a linear constraint, whose caller gives J h itself.
+        return linearize(self.constraint, self._tree(at),
+                         None if direction is None else self._tree(direction))
 
     def __repr__(self) -> str:
         return (f"ConstrainedOptimizer({self.optimizer.__class__.__name__}, "
