@@ -58,6 +58,21 @@ def test_equals_scipy(client, solver, reference, damp):
     np.testing.assert_allclose(x.compute(), ref[0], rtol=1e-10, atol=1e-12)
 
 
+def test_worker_processes():
+    """Workers in processes of their own, as on a real cluster: the fused
+    iteration's tasks reach them pickled, and the result is still SciPy's."""
+    A, b = _problem(96, 8, seed=5)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster):
+        x, info = lsqdiff.lsmr(da.from_array(A, chunks=(24, 8)), da.from_array(b, chunks=24),
+                               atol=1e-10, btol=1e-10)
+        ref = spla.lsmr(A, b, atol=1e-10, btol=1e-10)
+        assert (info.istop, info.itn) == (ref[1], ref[2])
+        assert info.itn > 2  # past the two built iterations: the fused graph ran
+        np.testing.assert_allclose(x.compute(), ref[0], rtol=1e-10, atol=1e-12)
+
+
 @pytest.fixture
 def sync():
     import dask
