@@ -49,20 +49,34 @@ def linear(constraint: LinearConstraint, params: Any, direction: Any | None) -> 
     sizes = [t.numel() for t in p_leaves]
     adjoint = _Adjoint(constraint.rmatvec, params, p_leaves)
 
-    def views(flat: Any, like: Sequence[Any]) -> list[Any]:
-        return [part.view(t.shape).to(t.dtype) for part, t in zip(torch.split(flat, sizes), like)]
-
     def matvec(v: Any) -> Any:
-        return _check_matvec(constraint.matvec(rebuild(views(v, p_leaves))), k, a_dtype).to(dtype)
+        return _check_matvec(constraint.matvec(rebuild(_views(v, p_leaves, sizes))), k,
+                             a_dtype).to(dtype)
 
     def rmatvec_pieces(u: Any) -> list[Any]:
         return [g.reshape(-1).to(dtype) for g in adjoint(u.to(a_dtype))]
 
+    return _assembled(c, dtype, sizes, h, matvec, rmatvec_pieces, rebuild_h, h_leaves)
+
+
+def _views(flat: Any, like: Sequence[Any], sizes: Sequence[int]) -> list[Any]:
+    """Views of one flat buffer shaped as the leaves ``like``, cast to each leaf's
+    own dtype (a no-op when it matches) so that the constraint sees the dtypes
+    it was written for."""
+    return [part.view(t.shape).to(t.dtype) for part, t in zip(torch.split(flat, sizes), like)]
+
+
+def _assembled(c: Any, dtype: Any, sizes: Sequence[int], h: Any, matvec: Callable[[Any], Any],
+               rmatvec_pieces: Callable[[Any], list[Any]], rebuild_h: Callable[[Any], Any],
+               h_leaves: Sequence[Any]) -> Linearization:
+    """The `Linearization` of products on flat vectors. ``J^T u`` also comes leaf
+    by leaf: LSMR's in-place update reads the pieces where they were made, where
+    a gathered copy would cost a pass over N floats and a buffer of N."""
     def rmatvec(u: Any) -> Any:
         return torch.cat(rmatvec_pieces(u))
 
     def unflatten(d: Any) -> Any:
-        return rebuild_h(views(d, h_leaves))
+        return rebuild_h(_views(d, h_leaves, sizes))
 
     return Linearization(xp=array_api_compat.array_namespace(c), dtype=dtype, n=sum(sizes), h=h,
                          c=c.to(dtype), matvec=_product(matvec), rmatvec=_product(rmatvec),
@@ -151,11 +165,6 @@ def _linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) ->
     dtype = torch.promote_types(_widest(p_leaves), _widest(h_leaves))
     sizes = [t.numel() for t in p_leaves]
 
-    def views(flat: Any, like: Sequence[Any]) -> list[Any]:
-        # Views of the one flat buffer, cast to each leaf's own dtype (a no-op when
-        # it matches) so that the constraint sees the dtypes it was written for.
-        return [part.view(t.shape).to(t.dtype) for part, t in zip(torch.split(flat, sizes), like)]
-
     def c_of(*leaves: Any) -> Any:
         c = constraint(rebuild(list(leaves)))
         _check_output(c)
@@ -178,23 +187,12 @@ def _linearize(constraint: Callable[[Any], Any], params: Any, direction: Any) ->
     tangent = _Tangent(c_graph, leaves, c_of)
 
     def matvec(v: Any) -> Any:
-        return tangent(views(v, p_leaves)).to(dtype)
+        return tangent(_views(v, p_leaves, sizes)).to(dtype)
 
     def rmatvec_pieces(u: Any) -> list[Any]:
-        # Leaf by leaf: LSMR's in-place update reads them where autograd left them,
-        # where a gathered copy would cost a pass over N floats and a buffer of N.
         return [g.reshape(-1).to(dtype) for g in pullback(u.to(c.dtype))]
 
-    def rmatvec(u: Any) -> Any:
-        return torch.cat(rmatvec_pieces(u))
-
-    def unflatten_direction(d: Any) -> Any:
-        return rebuild_h(views(d, h_leaves))
-
-    return Linearization(xp=array_api_compat.array_namespace(c), dtype=dtype, n=sum(sizes), h=h,
-                         c=c.to(dtype), matvec=_product(matvec), rmatvec=_product(rmatvec),
-                         rmatvec_pieces=_product(rmatvec_pieces),
-                         unflatten=_no_grad(unflatten_direction), host=_host)
+    return _assembled(c, dtype, sizes, h, matvec, rmatvec_pieces, rebuild_h, h_leaves)
 
 
 class _Pullback:
