@@ -567,6 +567,9 @@ def test_inputs_not_mutated(xp, solver):
     x0 = np.random.default_rng(24).standard_normal(A.shape[1])
     Ax, bx, x0x = to_xp(xp, A), to_xp(xp, b), to_xp(xp, x0)
     for maxiter in (0, 5):
+        # Without x0 the first u is b itself (the driver no longer copies b).
+        x, _ = solver(Ax, bx, damp=0.1, maxiter=maxiter)
+        np.testing.assert_array_equal(to_np(bx), b)
         x, _ = solver(Ax, bx, x0=x0x, damp=0.1, maxiter=maxiter)
         assert x is not x0x
         np.testing.assert_array_equal(to_np(x0x), x0)
