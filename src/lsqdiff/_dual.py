@@ -10,10 +10,10 @@ has the preimage under ``A^H``
 and each iterate ``x_k - x0``, a combination of the ``v``'s, has the matching
 combination ``z_k`` of these: ``A^H z_k = x_k - x0`` at any rank. Where
 ``A^H`` is injective (``A`` of full row rank) ``z_k`` is ``y``; otherwise it
-may differ from ``y`` by a part in ``null(A^H)``, so the gradient uses it only
-under ``assume_full_rank``. The same holds for the backward solve with ``A^H``:
-its dual ``g`` with ``A g = b_bar`` is ``A^+ b_bar`` for ``A`` of full column
-rank, which saves the solve for ``g``.
+differs from ``y`` by a part in ``null(A^H)`` along the solve's exact residual,
+which the gradient removes and then checks (`lsqdiff._gradient.dual_pinv`).
+The same holds for the backward solve with ``A^H``: its dual ``g`` with
+``A g = b_bar`` gives ``A^+ b_bar``, which saves the solve for ``g``.
 
 Cost: four vector updates of length ``m`` per iteration (LSQR: three), against
 a solve's worth of products. A preimage rides along each vector of the

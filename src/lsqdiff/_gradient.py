@@ -94,10 +94,11 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
 
     AH = Operator((n, m), op.rmatvec, op.matvec)
     y_fwd, y_ok, r_zero = _from_forward(y, assume_full_rank and m < n)
-    block = _is_false(y_ok) and not (assume_full_rank and m >= n) and not backend.on_cpu(x_bar)
+    block = y is not None and _is_false(y_ok) and not backend.on_cpu(x_bar)
     if block:
-        # y takes a solve: off a CPU, one block solve of both right-hand sides
-        # costs less than two solves (on a CPU it costs more).
+        # The forward's dual failed its check, so y will likely take a solve: off a
+        # CPU, one block solve of both right-hand sides costs less than two solves
+        # (on a CPU it costs more). A tall A carries no dual: its y is rarely needed.
         k = 1 if x_bar.ndim == 1 else x_bar.shape[1]
         pair = xp.concat([xp.reshape(x_bar, (n, k)), xp.reshape(d, (n, k))], axis=1)
         Y, Z, stops = lsmr_on(AH, pair, dual=True, stop=True, **settings)

@@ -92,12 +92,16 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
         return backend.compiled(tuple(these.values()), loop) if compile_loop else loop
 
     run = runner(settings["options"])
-    # An undamped solve hands the gradient y = A^+H (x - x0) through its dual
-    # (unneeded where A is assumed injective: there the gradient has no y). Traced
-    # solves pass it to the tangent rule as the value of the solve for y, which
-    # JAX differentiates again by that solve's own rule (second derivatives).
+    # An undamped solve with a wide or square A hands the gradient
+    # y = A^+H (x - x0) through its dual. Traced solves pass it to the tangent
+    # rule as the value of the solve for y, which JAX differentiates again by that
+    # solve's own rule (second derivatives). A tall A carries none: its gradient
+    # needs y only where A is rank-deficient and the cotangent leaves its row
+    # space, and there the forward's residual keeps the dual from passing its
+    # check at working tolerances (docs/gradients.md), so on every tall solve the
+    # dual's vector updates (4-14% of a forward) would buy nothing.
     tall_full_rank = bool(assume_full_rank) and shape_A[0] >= shape_A[1]
-    carry_dual = damped is False and not tall_full_rank
+    carry_dual = damped is False and shape_A[0] <= shape_A[1] and not tall_full_rank
     run_dual = runner(settings["options"] + (("dual", True),)) if carry_dual else None
     cache_key = None
     if compile_loop:
