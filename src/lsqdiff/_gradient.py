@@ -13,7 +13,9 @@ solves, never the iterations of the forward solve (DESIGN.md section 2):
   with ``b_bar = A^+H x_bar``, ``g = A^+ b_bar``, ``y = A^+H (x - x0)``,
   ``w = x_bar - A^H b_bar``: one solve with ``A^H`` for ``b_bar``, and ``g``
   and ``y`` from the duals (`lsqdiff._dual`) of that solve and of the forward
-  solve, which are exact at any rank once their part along the solve's
+  solve (carried for a wide or square ``A`` only: a tall one needs ``y`` only
+  where it is rank-deficient, and there its residual mostly makes the dual
+  fail its check), which are exact at any rank once their part along the solve's
   residual is removed (`dual_pinv`); a term whose residual the solve found
   negligible is dropped. Only where a solve stopped on neither of its
   convergence tests (iteration or condition limit) does a dual give nothing,
