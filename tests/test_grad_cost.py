@@ -279,7 +279,8 @@ def test_dual_pinv_recovers_the_pseudo_inverse(case):
     y = np.linalg.pinv(A).T @ x
     assert istop in _gradient.LEAST_SQUARES
     assert np.linalg.norm(z - y) > 1e-3 * np.linalg.norm(y)  # the dual alone is off
-    got, ok, negligible = _gradient.dual_pinv(z, b - A @ x, (istop, st["norma"]), xp, target=x,
+    stop = (istop, st["norma"], _driver.residual_tilt(st, xp))
+    got, ok, negligible = _gradient.dual_pinv(z, b - A @ x, stop, xp, target=x,
                                               adjoint=lambda v: A.T @ v, atol=1e-12, btol=1e-12)
     assert ok and not negligible
     assert_close(got, y, 1e-8, 0.0, "y")
@@ -309,3 +310,45 @@ def test_block_fallback_off_the_cpu(monkeypatch, backward_solves, case):
     # x is one iteration short of converged: the gradients are off by ~1e-6.
     ref = closed_form(A, b, x0, 0.0, x_bar)
     assert_gradients(ref, *block, np.linalg.norm(x_bar), 1e-4)
+
+
+def spread_rank_deficient(m: int, n: int, rank: int, seed: int = 0):
+    """``(A, b, x_bar)``: ``A`` of the given rank with singular values
+    ``sqrt(linspace(1, 1e4))`` (cond 100, as the benchmarks' ``_rank400`` problems),
+    ``b`` and ``x_bar`` random: a residual and a cotangent off the row space."""
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((m, rank)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, rank)))
+    A = (U * np.sqrt(np.linspace(1.0, 1e4, rank))) @ V.T
+    return A, rng.standard_normal(m), rng.standard_normal(n)
+
+
+@pytest.mark.parametrize("framework", ["numpy", "jax"])
+def test_failed_duals_warm_start_their_solves(monkeypatch, framework):
+    """At a working tolerance the duals of an inconsistent rank-deficient problem
+    fail their check, so y and g take solves (`lsqdiff._gradient.dual_pinv`):
+    each starts from its projected dual and takes a fraction of a cold solve's
+    iterations, with gradients as accurate as from cold solves. (NumPy's
+    `pullback` and JAX's transposed tangent rule complete them apart.)"""
+    A, b, x_bar = spread_rank_deficient(60, 200, 40)
+    ref = closed_form(A, b, None, 0.0, x_bar)
+    project_out = _gradient._project_out
+
+    def run(warm: bool):
+        if not warm:  # the projected duals never serve as warm starts
+            monkeypatch.setattr(_gradient, "_project_out", lambda *a: (project_out(*a)[0], False))
+        _clear_jax_cache()
+        with lsqdiff.backward_diagnostics() as infos:
+            _, gA, _, _ = FRAMEWORKS[framework](A, b, None, x_bar, atol=1e-8, btol=1e-8)
+        monkeypatch.setattr(_gradient, "_project_out", project_out)
+        _clear_jax_cache()
+        error = np.linalg.norm(to_np(gA) - ref["A"]) / np.linalg.norm(ref["A"])
+        return sorted(int(np.max(to_np(i.itn))) for i in infos), error
+
+    (*warm_completions, b_bar_itn), warm_error = run(True)
+    (*cold_completions, _), cold_error = run(False)
+    assert len(warm_completions) == len(cold_completions) == 2  # y and g: both duals failed
+    assert max(warm_completions) <= 0.3 * min(cold_completions), (warm_completions,
+                                                                   cold_completions)
+    assert warm_error <= 2 * cold_error + 1e-12, (warm_error, cold_error)
+    assert cold_error < 1e-6

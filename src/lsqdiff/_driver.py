@@ -67,17 +67,21 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
 
 def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, atol: float,
             btol: float, ctol: float, maxiter: int | None = None,
-            limit: int | None = None, dual: bool = False, stop: bool = False) -> Any:
+            limit: int | None = None, dual: bool = False, stop: bool = False,
+            x0: Any = None) -> Any:
     """Minimum-norm LSMR solution of ``op x = rhs`` for an internal operator
     (the gradient's and the tangent's solves); no input checks, traceable under JAX.
 
     Every solve inside a gradient goes through here. Runs at least
     ``min(op.shape)`` iterations (LSMR's default) if needed, more when the
     forward solve was allowed more; ``limit`` (the user's ``grad_maxiter``)
-    replaces that rule with an exact iteration limit. With ``dual``, returns
-    ``(x, z)`` with ``op^H z = x`` (`lsqdiff._dual`); with ``stop``, the pair
-    ``(istop, norma)`` follows (``(x, stop)`` or ``(x, z, stop)``): the stop code
-    and the estimate of ``||op||``; ``(None, None)`` where
+    replaces that rule with an exact iteration limit. ``x0``: a warm start
+    (None: zeros), whose part in ``null(op)`` the result keeps; it is dropped
+    where the solve is differentiated (``backend.internal_solver``), whose
+    derivative is the pseudo-inverse's only from zero. With ``dual``, returns
+    ``(x, z)`` with ``op^H z = x`` (`lsqdiff._dual`); with ``stop``, the triple
+    ``(istop, norma, tilt)`` follows (``(x, stop)`` or ``(x, z, stop)``): the
+    stop code, the estimate of ``||op||`` and `residual_tilt`; ``(None, None, None)`` where
     ``backend.internal_solver`` runs the solves (its ``z`` is then the
     minimum-norm one, exact by itself). A column that meets a NaN or Inf comes back
     NaN; each solve's diagnostics go to ``backend.report`` (a
@@ -89,7 +93,7 @@ def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, at
     settings = dict(dtype=dtype, maxiter=maxiter, atol=atol, btol=btol, ctol=ctol)
     solve = backend.internal_solver()
     if solve is None:
-        state = run(op, rhs, None, 0.0, xp=xp, backend=backend, method=_lsmr,
+        state = run(op, rhs, x0, 0.0, xp=xp, backend=backend, method=_lsmr,
                     options=(("dual", True),) if dual else (), nan_on_nonfinite=True, **settings)
         backend.report(state)
         x, z = state["x"], state.get("zx")
@@ -106,8 +110,22 @@ def lsmr_on(op: Operator, rhs: Any, *, xp: Any, backend: Backend, dtype: Any, at
     if stop:
         # A stop code of a differentiated solve may be batched apart from its
         # vectors (torch.func.vmap): the gradient does without it there.
-        out += ((state["istop"], state["norma"]) if solve is None else (None, None),)
+        out += ((state["istop"], state["norma"], residual_tilt(state, xp)) if solve is None
+                else (None, None, None),)
     return out if len(out) > 1 else out[0]
+
+
+def residual_tilt(state: dict[str, Any], xp: Any) -> Any:
+    """An estimate of the angle between a least-squares solve's computed residual
+    ``r = b - A x`` and the exact one, ``||A (x - x*)|| / ||r||``, bounded by
+    ``||A^H r|| cond(A) / (||A|| ||r||)`` (LSMR's or LSQR's estimates; 0 where
+    ``r`` or ``A`` is zero)."""
+    num, den = state["normar"] * state["conda"], state["norma"] * state["normr"]
+    if isinstance(den, float):  # host scalars
+        return num / den if den > 0 else 0.0
+    positive = den > 0
+    return xp.where(positive, num / xp.where(positive, den, xp.ones_like(den)),
+                    xp.zeros_like(den))
 
 
 def as_operator(A: Any, xp: Any, backend: Backend, dtype: Any, device: Any) -> Operator:

@@ -127,12 +127,14 @@ def pullback(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, x_ba
     terms: list[tuple[float, Array, Array]] = [(-1.0, b_bar, x)]
     x0_bar = None if x0 is None else xp.zeros_like(x0)
     if not _all_true(w_zero, xp, backend):
-        y = _complete(y_ok, y_fwd, lambda s: lsmr_on(AH, s, **settings), d, xp, backend)
+        y = _complete(y_ok, y_fwd, lambda s, s0: lsmr_on(AH, s, x0=s0, **settings), d, xp,
+                      backend)
         w = _zero_where(w_zero, w, xp)
         terms.append((1.0, y, w))
         x0_bar = None if x0 is None else w
     if not _all_true(r_zero, xp, backend):
-        g = _complete(g_ok, g, lambda s: lsmr_on(op, s, **settings), b_bar, xp, backend)
+        g = _complete(g_ok, g, lambda s, s0: lsmr_on(op, s, x0=s0, **settings), b_bar, xp,
+                      backend)
         terms.append((1.0, _zero_where(r_zero, b - op.matvec(x), xp), g))
     # At damp = 0 the solution does not move with damp to first order.
     damp_bar = xp.zeros((), dtype=real_dtype(xp, dtype), device=aac.device(x_bar))
@@ -167,7 +169,8 @@ def dual_pinv(z: Array, res: Array, stop: Any, xp: Any, *, target: Array, adjoin
               atol: float, btol: float) -> tuple[Any, Any, Any]:
     """The minimum-norm solution ``p = op^+H target`` of ``op^H p = target``, from
     the dual of a solve of ``op s = rhs`` (``target = s``): ``(p, ok, negligible)``
-    per column. ``adjoint`` applies ``op^H``; ``stop = (istop, norma)``.
+    per column. ``adjoint`` applies ``op^H``; ``stop = (istop, norma, tilt)``
+    (`lsqdiff._driver.lsmr_on`).
 
     The dual ``z`` satisfies ``op^H z = s`` and lies in ``span{rhs, range(op)}``,
     so it is ``p`` plus a part in ``null(op^H)`` along the exact residual
@@ -181,10 +184,16 @@ def dual_pinv(z: Array, res: Array, stop: Any, xp: Any, *, target: Array, adjoin
     passes the test 1 that a solve of ``op^H p = target`` would have to pass,
     ``||target - op^H p|| <= btol ||target|| + atol norma ||p||`` (one product).
     Elsewhere (iteration or condition limit, NaN), or where that check fails,
-    ``ok`` is false and ``p`` must come from a solve (``p`` is None for one host
-    column).
+    ``ok`` is false and ``p`` must come from a solve, for which the returned
+    ``p`` is a warm start: zero (None for one host column), or the projected
+    dual where its part left in ``null(op^H)`` is small. That part is about
+    ``(tilt + c tilt^2) ||p||`` with ``c`` the removed part's size against
+    ``||p||`` and ``tilt`` the residual direction's error (`lsqdiff._driver.residual_tilt`),
+    so where ``c tilt <= 1`` it is of the order of the error that the computed
+    residual already puts into the gradient's ``r g^H`` term, and the warm
+    start saves most of the solve (at ``atol = btol = 1e-8``, 75-85%).
     """
-    istop, norma = stop
+    istop, norma, tilt = stop
     if istop is None:  # z is a minimum-norm solve of its own (`lsqdiff._driver.lsmr_on`)
         return z, True, False
     negligible = stopped_by(istop, CONSISTENT)
@@ -193,13 +202,17 @@ def dual_pinv(z: Array, res: Array, stop: Any, xp: Any, *, target: Array, adjoin
         if negligible:
             return z, True, True
         if least_squares:
-            p = _project_out(z, res, xp)
+            p, warm = _project_out(z, res, tilt, xp)
             if bool(_passes(p, target, adjoint, norma, atol, btol, xp)):
                 return p, True, False
+            return (p if bool(warm) else None), False, False
         return None, False, False
-    p = _project_out(z, res, xp)
-    ok = xp.logical_and(least_squares, _passes(p, target, adjoint, norma, atol, btol, xp))
-    return xp.where(negligible, z, p), xp.logical_or(negligible, ok), negligible
+    p, warm = _project_out(z, res, tilt, xp)
+    passes = _passes(p, target, adjoint, norma, atol, btol, xp)
+    ok = xp.logical_and(least_squares, passes)
+    start = _zero_where(xp.logical_not(xp.logical_and(least_squares, xp.logical_or(passes, warm))),
+                        p, xp)
+    return xp.where(negligible, z, start), xp.logical_or(negligible, ok), negligible
 
 
 def _passes(p: Array, target: Array, adjoint: Any, norma: Any, atol: float, btol: float,
@@ -213,12 +226,16 @@ def _passes(p: Array, target: Array, adjoint: Any, norma: Any, atol: float, btol
             <= max(btol, floor) * norm(target) + max(atol, floor) * norma * norm(p))
 
 
-def _project_out(z: Array, res: Array, xp: Any) -> Array:
+def _project_out(z: Array, res: Array, tilt: Any, xp: Any) -> tuple[Array, Any]:
     """``z`` minus its part along ``res``, column by column (scaled first, so that
-    no square of a tiny or huge residual is formed)."""
+    no square of a tiny or huge residual is formed), and whether it may serve as
+    a warm start: where the removed part, times ``tilt``, is at most the rest
+    (`dual_pinv`)."""
     norm = xp.linalg.vector_norm(res, axis=0)
     unit = res / xp.astype(xp.where(norm > 0, norm, xp.ones_like(norm)), res.dtype)
-    return z - unit * xp.sum(conj(unit, xp) * z, axis=0)
+    along = xp.sum(conj(unit, xp) * z, axis=0)
+    p = z - unit * along
+    return p, xp.abs(along) * tilt <= xp.linalg.vector_norm(p, axis=0)
 
 
 def _all_true(flag: Any, xp: Any, backend: Any) -> bool:
@@ -256,17 +273,19 @@ def _zero_where(flag: Any, a: Array, xp: Any) -> Array:
 
 
 def _complete(have: Any, value: Any, solve: Any, rhs: Array, xp: Any, backend: Any) -> Array:
-    """``value`` where ``have`` holds, ``solve(rhs)`` elsewhere. The solve gets a
-    zero right-hand side in the columns that have their value, and LSMR stops
-    on a zero right-hand side before its first iteration. A traced backend
+    """``value`` where ``have`` holds, ``solve(rhs, start)`` elsewhere, warm-started
+    from ``value`` there (zeros, or None for none: `dual_pinv`). The solve gets a
+    zero right-hand side and start in the columns that have their value, and
+    LSMR stops on a zero right-hand side before its first iteration. A traced backend
     skips the solve where every column has its value (`Backend.select`): the
     rules that call this with traced flags are evaluated (the JAX primitives'
     values), never transposed, where a branch on values could not be."""
     if isinstance(have, bool):
-        return value if have else solve(rhs)
+        return value if have else solve(rhs, value)
 
     def fill() -> Array:
-        return xp.where(have, value, solve(_zero_where(have, rhs, xp)))
+        return xp.where(have, value,
+                        solve(_zero_where(have, rhs, xp), _zero_where(have, value, xp)))
 
     if backend.traced:
         return backend.select(xp.all(have), lambda: value, fill)
@@ -363,7 +382,8 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
         p, z, stop = lsmr_on(AH_, c, dual=True, stop=True, **settings)
         g, ok, _ = dual_pinv(z, c - A.rmatvec(p), stop, xp, target=p, adjoint=A.matvec,
                              atol=atol, btol=btol)
-        return p, _complete(ok, g, lambda s: lsmr_on(A, s, **settings), p, xp, backend)
+        return p, _complete(ok, g, lambda s, s0: lsmr_on(A, s, x0=s0, **settings), p, xp,
+                            backend)
 
     def tangent_adjoint(A: Operator, c: Array, d_: Array, hint_: Any, r_zero_: Any,
                         with_g: bool, with_y: bool
@@ -381,9 +401,11 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
             w_ = c - A.rmatvec(p)
             g, g_ok, w_zero = dual_pinv(z, w_, stop, xp, target=p, adjoint=A.matvec,
                                         atol=atol, btol=btol)
-            known = xp.zeros_like(c) if g is None else _where(g_ok, g, xp.zeros_like(g), xp)
-            g = _complete(_or(g_ok, r_zero_, xp), known, lambda s_: lsmr_on(A, s_, **settings),
-                          p, xp, backend)
+            # g where its dual passed, zero where r g^H is dropped, else a warm start.
+            known = xp.zeros_like(c) if g is None else _where(g_ok, g, _zero_where(r_zero_, g, xp),
+                                                                xp)
+            g = _complete(_or(g_ok, r_zero_, xp), known,
+                          lambda s_, s0: lsmr_on(A, s_, x0=s0, **settings), p, xp, backend)
         else:
             p, stop = lsmr_on(AH_, c, stop=True, **settings)
             w_ = c - A.rmatvec(p)
@@ -392,9 +414,10 @@ def pushforward(op: Operator, b: Array, x: Array, x0: Array | None, damp: Any, *
         if with_y:
             value, ok = (None, False) if hint_ is None else hint_
             zeros = xp.zeros((m,) + tuple(d_.shape[1:]), dtype=d_.dtype, device=aac.device(d_))
-            known = zeros if value is None else _where(ok, value, zeros, xp)
-            y_ = _complete(_or(ok, w_zero, xp), known, lambda s_: lsmr_on(AH_, s_, **settings),
-                           d_, xp, backend)
+            known = zeros if value is None else _where(ok, value, _zero_where(w_zero, value, xp),
+                                                       xp)
+            y_ = _complete(_or(ok, w_zero, xp), known,
+                           lambda s_, s0: lsmr_on(AH_, s_, x0=s0, **settings), d_, xp, backend)
         return p, g, y_, _zero_where(w_zero, w_, xp)
 
     # y from the forward solve's dual (`forward_dual`) where it passed its check,

@@ -131,7 +131,8 @@ def prepare(method: ModuleType, A: Any, b: Any, *, damp: Any, x0: Any, atol: flo
         state = run_dual(A_, b_, x0_, damp_)
         out = {k: v for k, v in state.items() if k not in _dual.STATE_KEYS}
         y = forward_dual(operator(A_), cast(b_), out["x"], cast(x0_), state["zx"],
-                         (out["istop"], out["norma"]), xp=xp, atol=grad_settings["atol"],
+                         (out["istop"], out["norma"], _driver.residual_tilt(out, xp)), xp=xp,
+                         atol=grad_settings["atol"],
                          btol=grad_settings["btol"],
                          full_row_rank=bool(assume_full_rank) and not tall_full_rank)
         return out, y
