@@ -200,4 +200,6 @@ class HostArrayScalars(ArrayScalars):
             if not hasattr(b, "dtype"):
                 b = vxp.asarray(b, dtype=ref.dtype, device=ref.device)
             return vxp.where(self.to_vectors(cond), a, b)
-        return super().where(cond, a, b)
+        # A Python number beside an array takes the array's dtype in NumPy 2
+        # (NEP 50), as `ArrayScalars.where` makes it do: no conversion needed.
+        return self.xp.where(cond, a, b)

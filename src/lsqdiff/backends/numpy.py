@@ -20,6 +20,21 @@ def _scipy_sparse() -> Any:
     return sys.modules.get("scipy.sparse")
 
 
+#: Blocks of fewer columns than this are multiplied column by column: OpenBLAS's
+#: GEMM with 2 or 3 columns took 1.2-2.2x the time of as many GEMVs (docs/benchmarks.md).
+GEMV_BELOW = 4
+
+
+def _few_columns(product: Any) -> Any:
+    """``product`` taking a block of fewer than `GEMV_BELOW` columns one at a time."""
+    def apply(V: Any) -> Any:
+        if V.ndim == 2 and 1 < V.shape[1] < GEMV_BELOW:
+            return np.stack([product(V[:, j]) for j in range(V.shape[1])], axis=1)
+        return product(V)
+
+    return apply
+
+
 class NumpyBackend(Backend):
     name = "numpy"
 
@@ -40,7 +55,8 @@ class NumpyBackend(Backend):
 
     def dense_operator(self, A: Any) -> Operator:
         # np.matrix would turn A @ v into a (1, m) matrix: use the plain array.
-        return super().dense_operator(np.asarray(A))
+        op = super().dense_operator(np.asarray(A))
+        return Operator(op.shape, _few_columns(op.matvec), _few_columns(op.rmatvec))
 
     def is_sparse(self, A: Any) -> bool:
         sp = _scipy_sparse()
