@@ -4,6 +4,7 @@ separate 1-D solves (no asv needed).
 
     python asv_bench/multi_rhs_quick.py --threads 1           # full run, a few minutes
     python asv_bench/multi_rhs_quick.py --threads 1 --small   # smoke run, seconds
+    python asv_bench/multi_rhs_quick.py --threads 1 --products  # also the products alone
 
 For NumPy and PyTorch (CPU), k in {2, 4, 8, 16}, dense tall problems 2000x500
 and 20000x2000 (``--small``: 400x100 and 2000x500), it prints the ratio
@@ -73,6 +74,42 @@ def solves(A, B, iters: int) -> dict:
     }
 
 
+def products(A, k: int) -> dict:
+    """One matvec and one rmatvec with k columns, written each way compared in
+    docs/benchmarks.md: column by column (k GEMVs each), as one GEMM, and for
+    PyTorch as one GEMM in the (k, n) orientation (what lsqdiff uses there)."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(1)
+    V, U = rng.standard_normal((A.shape[1], k)), rng.standard_normal((A.shape[0], k))
+    At, Vt, Ut = torch.from_numpy(A), torch.from_numpy(V), torch.from_numpy(U)
+    AT, ATt = A.T, At.mT
+    return {
+        "numpy gemv": lambda: [(A @ V[:, j], AT @ U[:, j]) for j in range(k)],
+        "numpy gemm": lambda: (A @ V, AT @ U),
+        "torch gemv": lambda: [(At @ Vt[:, j], ATt @ Ut[:, j]) for j in range(k)],
+        "torch gemm": lambda: (At @ Vt, ATt @ Ut),
+        "torch gemm (k, n)": lambda: ((Vt.mT @ ATt).mT, (Ut.mT @ At).mT),
+    }
+
+
+def product_table(sizes, ks, repeats: int, clock) -> str:
+    rows = []
+    for m, n, _ in sizes:
+        A, _ = problem(m, n, 1)
+        for k in ks:
+            t = interleaved_samples(products(A, k), repeats, clock=clock)
+            rows.append([f"{m}x{n}", str(k), f"{median(t['numpy gemv']) * 1e3:.3f}",
+                         f"{paired_ratio(t['numpy gemm'], t['numpy gemv']):.2f}",
+                         f"{median(t['torch gemv']) * 1e3:.3f}",
+                         f"{paired_ratio(t['torch gemm'], t['torch gemv']):.2f}",
+                         f"{paired_ratio(t['torch gemm (k, n)'], t['torch gemv']):.2f}"])
+    header = ["problem", "k", "NumPy k GEMV pairs ms", "NumPy GEMM/GEMVs", "torch k GEMV pairs ms",
+              "torch A@V, A.mT@U / GEMVs", "torch (V.mT@A.mT).mT, (U.mT@A).mT / GEMVs"]
+    return table(header, rows)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="smoke run: small problems, 3 rounds")
@@ -80,6 +117,11 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for OpenBLAS, MKL and PyTorch (default: theirs)")
     ap.add_argument("--ks", type=int, nargs="+", default=list(KS), help="numbers of columns")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with time.process_time, this process's CPU time: with --threads 1, "
+                         "far less inflated than wall time by other work on a shared machine")
+    ap.add_argument("--products", action="store_true",
+                    help="also time the products alone: one GEMM against k GEMVs, k = 1..16")
     args = ap.parse_args(argv)
     if args.threads:
         limit_threads(args.threads)
@@ -92,10 +134,11 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.small else 7)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     sizes = SMALL if args.small else FULL
     print(f"lsqdiff {lsqdiff.__version__} | numpy {np.__version__} | scipy {scipy.__version__} | "
           f"torch {torch.__version__} (threads {torch.get_num_threads()}) | {os.cpu_count()} CPUs | "
-          f"float64 | median of {repeats}\n")
+          f"float64 | median of {repeats} | {'CPU' if args.cpu_time else 'wall'} time\n")
     if args.small:
         print("--small: a smoke test of the script; these figures are not results\n")
     load = os.getloadavg()[0]
@@ -107,7 +150,7 @@ def main(argv=None) -> None:
     for m, n, iters in sizes:
         for k in args.ks:
             A, B = problem(m, n, k)
-            t = interleaved_samples(solves(A, B, iters), repeats)
+            t = interleaved_samples(solves(A, B, iters), repeats, clock=clock)
             row = [f"{m}x{n}", str(iters), str(k), f"{median(t['scipy loop']) * 1e3:.1f}"]
             for fw in ("numpy", "torch"):
                 ratio = paired_ratio(t[f"{fw} 2-D"], t[f"{fw} loop"])
@@ -121,6 +164,10 @@ def main(argv=None) -> None:
     print("(time of one solve with a 2-D b of k columns) / (time of k 1-D solves), "
           "same iterations\n")
     print(table(header, rows))
+    if args.products:
+        print("\nproducts A V and A^T U with k columns: (one GEMM) / (k GEMVs), median of "
+              f"{5 * repeats} rounds\n")
+        print(product_table(sizes, sorted({1, 2, 3, *args.ks}), 5 * repeats, clock))
     print(f"\n({time.perf_counter() - t0:.0f} s; 1-min load average at the end "
           f"{os.getloadavg()[0]:.2f})")
 

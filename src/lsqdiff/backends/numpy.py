@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..operator import Operator
+from ..operator import Operator, narrow_columnwise
 from ._base import Backend, norm_floor
 
 #: `lsqdiff.backends._base.plain_norm_ok`'s floor for the dtypes with a fast host norm.
@@ -21,18 +21,8 @@ def _scipy_sparse() -> Any:
 
 
 #: Blocks of fewer columns than this are multiplied column by column: OpenBLAS's
-#: GEMM with 2 or 3 columns took 1.2-2.2x the time of as many GEMVs (docs/benchmarks.md).
+#: GEMM with 2 or 3 columns took up to twice the time of as many GEMVs (docs/benchmarks.md).
 GEMV_BELOW = 4
-
-
-def _few_columns(product: Any) -> Any:
-    """``product`` taking a block of fewer than `GEMV_BELOW` columns one at a time."""
-    def apply(V: Any) -> Any:
-        if V.ndim == 2 and 1 < V.shape[1] < GEMV_BELOW:
-            return np.stack([product(V[:, j]) for j in range(V.shape[1])], axis=1)
-        return product(V)
-
-    return apply
 
 
 class NumpyBackend(Backend):
@@ -56,7 +46,8 @@ class NumpyBackend(Backend):
     def dense_operator(self, A: Any) -> Operator:
         # np.matrix would turn A @ v into a (1, m) matrix: use the plain array.
         op = super().dense_operator(np.asarray(A))
-        return Operator(op.shape, _few_columns(op.matvec), _few_columns(op.rmatvec))
+        return Operator(op.shape, narrow_columnwise(op.matvec, GEMV_BELOW, self.xp),
+                        narrow_columnwise(op.rmatvec, GEMV_BELOW, self.xp))
 
     def is_sparse(self, A: Any) -> bool:
         sp = _scipy_sparse()

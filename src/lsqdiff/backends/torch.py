@@ -20,7 +20,7 @@ from torch.autograd import forward_ad
 from .._terms import Terms
 from .._scalars import ArrayScalars, HostArrayScalars
 from .._vectors import NEW_ARRAYS, NewArrays
-from ..operator import LinearOperator, MatVec, Operator, Scaled
+from ..operator import LinearOperator, MatVec, Operator, Scaled, narrow_columnwise
 from ._base import Backend, State, norm_floor, plain_norm_ok, scaled_norm
 
 if TYPE_CHECKING:
@@ -34,10 +34,11 @@ class TorchBackend(Backend):
         return _quiet_no_grad()
 
     def array_scalars(self, scalars: ArrayScalars) -> tuple[Any, Callable[[Any], Any]]:
-        # On the CPU each scalar operation on tensors of k elements is a dispatch of
-        # microseconds, a hundred per iteration: NumPy arrays cost a fraction. On a
-        # GPU the scalars stay tensors (no host sync per iteration); so they do where
-        # a graph is being built or under torch.func, where they must be differentiable.
+        # On the CPU a PyTorch operation on k numbers is microseconds of dispatch, and
+        # an iteration makes about a hundred: NumPy's cost a fraction. On a GPU the
+        # scalars stay tensors (no host sync per iteration), and so they do wherever
+        # autograd records or a torch.func transform is active (they must carry
+        # derivatives there). The solve's own Function runs its loop outside both.
         if (scalars.device.type != "cpu" or torch.is_grad_enabled()
                 or torch._C._functorch.peek_interpreter_stack() is not None):
             return super().array_scalars(scalars)
@@ -46,7 +47,7 @@ class TorchBackend(Backend):
         return host, self._host_norms
 
     def _host_norms(self, v: Any) -> Any:
-        """`array_norm` of a CPU tensor as a NumPy array."""
+        """`array_norm` of a CPU tensor's columns, as a NumPy array."""
         r = torch.linalg.vector_norm(v, dim=0).numpy()
         ok = np.logical_and(r >= norm_floor(self.xp, v.dtype), r < math.inf)
         if ok.all():
@@ -98,12 +99,13 @@ class TorchBackend(Backend):
     def dense_operator(self, A: Any) -> Operator:
         if A.device.type != "cpu" or A.is_complex():
             return super().dense_operator(A)
-        # Blocks of k columns as (k, n) @ (n, m) products, returned as transposed
-        # views: with MKL on the CPU, A @ V and A.mT @ U of a few columns ran 2-4x
-        # slower (2000x500 and 20000x2000, k = 2..16: docs/benchmarks.md).
+        # How MKL on the CPU was fastest (docs/benchmarks.md): A^T U as (U^T A)^T
+        # (a transposed view), 1.2-4x faster than A.mT @ U; A V likewise, as
+        # (V^T A^T)^T, for 4 columns or more, and column by column for 2 or 3.
         AT = A.mT
-        return Operator(tuple(A.shape),
-                        lambda v: A @ v if v.ndim == 1 else (v.mT @ AT).mT,
+        matvec = narrow_columnwise(lambda v: A @ v if v.ndim == 1 else (v.mT @ AT).mT,
+                                   GEMV_BELOW, self.xp)
+        return Operator(tuple(A.shape), matvec,
                         lambda u: AT @ u if u.ndim == 1 else (u.mT @ A).mT)
 
     def is_sparse(self, A: Any) -> bool:
@@ -141,6 +143,9 @@ class TorchBackend(Backend):
         # tolist, not numpy(): under torch.func transforms tensors have no storage to view.
         return np.array(value.tolist(), dtype=str(value.dtype).removeprefix("torch."))
 
+
+#: Products of a dense CPU A with blocks of fewer columns run column by column.
+GEMV_BELOW = 4
 
 #: The host dtype of the scalar recurrences (`lsqdiff._driver.real_dtype`).
 _HOST_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
