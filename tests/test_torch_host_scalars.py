@@ -37,8 +37,10 @@ def scalar_kinds(monkeypatch, fallback: bool) -> list[str]:
 def test_host_scalars_match_tensor_scalars(solver, dtype, monkeypatch):
     """Same iterations, stop codes and (to rounding) x and diagnostics on host
     arrays as on tensors, with a warm start and damping, for a column that stops
-    at once (b = x0 = 0) beside two that run."""
-    A, B = make_problem("wide", "well", seed=31, k=3)
+    at once (b = x0 = 0) beside two that run. The problem (cond 1.3) converges
+    far from exhausting the Krylov space, where the estimates of ``||A||`` and
+    ``cond(A)`` would take up the rounding of the vector updates."""
+    A, B = make_problem("wide", "mild", seed=31, k=3)
     X0 = np.random.default_rng(32).standard_normal((A.shape[1], 3))
     B[:, 1] = X0[:, 1] = 0.0  # b - A x0 = 0: stops before the first iteration
     At, Bt, X0t = (torch.tensor(a, dtype=getattr(torch, dtype)) for a in (A, B, X0))

@@ -43,7 +43,7 @@ class TorchBackend(Backend):
                 or torch._C._functorch.peek_interpreter_stack() is not None):
             return super().array_scalars(scalars)
         host = HostArrayScalars(np, _HOST_DTYPES[scalars.dtype], scalars.shape, scalars.tiny,
-                                self.xp, _to_tensor, _to_host)
+                                torch, _to_tensor, _to_host)
         return host, self._host_norms
 
     def _host_norms(self, v: Any) -> Any:
@@ -78,7 +78,7 @@ class TorchBackend(Backend):
         if not S.batched:
             return _IN_PLACE
         # Several right-hand sides: new arrays, taking host scalars as tensors.
-        return NewArrays(S.to_vectors) if isinstance(S, HostArrayScalars) else NEW_ARRAYS
+        return _HOST_BATCHED if isinstance(S, HostArrayScalars) else NEW_ARRAYS
 
     def constant(self, a: Any) -> Any:
         return a.detach()
@@ -251,6 +251,20 @@ class _InPlace(NewArrays):
         return tuple(vectors[:len(out)]), tuple(math.hypot(*p) for p in zip(*norms))
 
 
+class _HostBatched(NewArrays):
+    """Several right-hand sides with host scalars (`HostArrayScalars`): new
+    tensors, each ``x + a * y`` one fused operation."""
+
+    def __init__(self) -> None:
+        super().__init__(_to_tensor)
+
+    def xpay(self, x: Any, a: Any, y: Any) -> Any:
+        return torch.addcmul(x, self._like(a, y), y)
+
+    def axpy(self, a: Any, x: Any, y: Any) -> Any:
+        return torch.addcmul(y, self._like(a, x), x)
+
+
 def _check_pieces(pieces: Sequence[Any], n: int) -> None:
     if any(not isinstance(p, torch.Tensor) or p.ndim != 1 for p in pieces):
         raise TypeError("A: rmatvec_pieces must return a list of 1-D tensors")
@@ -277,6 +291,7 @@ def _split(v: Any, sizes: list[int]) -> list[Any]:
 
 
 _IN_PLACE = _InPlace()
+_HOST_BATCHED = _HostBatched()
 
 
 class _Box:
