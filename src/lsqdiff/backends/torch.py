@@ -259,10 +259,11 @@ class _HostBatched(NewArrays):
         super().__init__(_to_tensor)
 
     def xpay(self, x: Any, a: Any, y: Any) -> Any:
-        return torch.addcmul(x, self._like(a, y), y)
+        a = self._like(a, y)
+        return torch.addcmul(x, a, y) if isinstance(a, torch.Tensor) else torch.add(x, y, alpha=a)
 
     def axpy(self, a: Any, x: Any, y: Any) -> Any:
-        return torch.addcmul(y, self._like(a, x), x)
+        return self.xpay(y, a, x)
 
 
 def _check_pieces(pieces: Sequence[Any], n: int) -> None:
