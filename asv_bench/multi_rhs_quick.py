@@ -122,6 +122,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for OpenBLAS, MKL and PyTorch (default: theirs)")
     ap.add_argument("--ks", type=int, nargs="+", default=list(KS), help="numbers of columns")
+    ap.add_argument("--problems", nargs="+", default=None, metavar="MxN",
+                    help="only these problems, e.g. 2000x500 (default: all of the run)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with time.process_time, this process's CPU time: with --threads 1, "
                          "far less inflated than wall time by other work on a shared machine")
@@ -141,6 +143,8 @@ def main(argv=None) -> None:
     repeats = args.repeats or (3 if args.small else 7)
     clock = time.process_time if args.cpu_time else time.perf_counter
     sizes = SMALL if args.small else FULL
+    if args.problems:
+        sizes = tuple(s for s in sizes if f"{s[0]}x{s[1]}" in args.problems)
     print(f"lsqdiff {lsqdiff.__version__} | numpy {np.__version__} | scipy {scipy.__version__} | "
           f"torch {torch.__version__} (threads {torch.get_num_threads()}) | {os.cpu_count()} CPUs | "
           f"float64 | median of {repeats} | {'CPU' if args.cpu_time else 'wall'} time\n")
