@@ -185,7 +185,16 @@ def columnwise(vec: MatVec, xp: Any) -> MatVec:
 def narrow_columnwise(product: MatVec, below: int, xp: Any) -> MatVec:
     """``product`` taking blocks of fewer than ``below`` columns one column at a
     time (`columnwise`): on CPUs a matrix product with two or three columns may
-    cost more than that many matrix-vector products (docs/benchmarks.md)."""
+    cost more than that many matrix-vector products (docs/benchmarks.md).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.arange(6.0).reshape(3, 2)
+    >>> product = narrow_columnwise(lambda v: A @ v, 4, np)
+    >>> product(np.eye(2)).tolist()  # two columns: two matrix-vector products
+    [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    """
     by_column = columnwise(product, xp)
 
     def apply(V: Array) -> Array:
