@@ -100,8 +100,8 @@ class TorchBackend(Backend):
         if A.device.type != "cpu" or A.is_complex():
             return super().dense_operator(A)
         # How MKL on the CPU was fastest (docs/benchmarks.md): A^T U as (U^T A)^T
-        # (a transposed view), 1.2-4x faster than A.mT @ U; A V likewise, as
-        # (V^T A^T)^T, for 4 columns or more, and column by column for 2 or 3.
+        # (a transposed view), 1.8-4.5x faster than A.mT @ U for 2-16 columns; A V
+        # as (V^T A^T)^T from 4 columns, and column by column for 2 or 3.
         AT = A.mT
         matvec = narrow_columnwise(lambda v: A @ v if v.ndim == 1 else (v.mT @ AT).mT,
                                    GEMV_BELOW, self.xp)
