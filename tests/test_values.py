@@ -266,6 +266,22 @@ def test_columns_stop_independently(xp, solver):
     np.testing.assert_allclose(to_np(X)[:, 0], to_np(x_first), rtol=1e-12, atol=1e-14)
 
 
+def test_float32_columns_match_separate_solves(xp, solver):
+    """float32: three columns solved together stop at the iteration, with the stop
+    code, of their 1-D solves, and agree with them to float32 rounding (the
+    columns' recurrences run in float32, a 1-D solve's on Python floats)."""
+    A, B = make_problem("tall", "mild", seed=8, k=3)
+    A32 = to_xp(xp, A, "float32")
+    X, info = solver(A32, to_xp(xp, B, "float32"), maxiter=MAXITER, **TIGHT["float32"])
+    assert X.dtype == xp.float32
+    v = info_np(info)
+    for j in range(3):
+        xj, infoj = solver(A32, to_xp(xp, B[:, j], "float32"), maxiter=MAXITER,
+                           **TIGHT["float32"])
+        assert (v["itn"][j], v["istop"][j]) == (int(to_np(infoj.itn)), int(to_np(infoj.istop)))
+        np.testing.assert_allclose(to_np(X)[:, j], to_np(xj), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- #
 # Dtypes
 # --------------------------------------------------------------------------- #

@@ -9,6 +9,8 @@ so times compare at equal work:
 * ``MatvecRmatvec.time_pairs`` runs the same number of ``A^T (A v)`` products
   as the solve runs iterations, in the same framework: per-iteration cost ratio
   = ``time_solve / time_pairs`` (target at 4000x2000 for JAX and PyTorch: <= 1.3).
+* ``SeveralRightHandSides.time_solve`` times a solve with a 2-D ``b`` of k
+  columns and k 1-D solves (NumPy, PyTorch): their ratio should stay near 1.
 
 JAX is jitted (compiled in ``setup``) and synchronised with
 ``block_until_ready``. Combinations that make no sense raise
@@ -72,4 +74,40 @@ class MatvecRmatvec:
         self.run()  # JAX compiles here
 
     def time_pairs(self, backend, problem):
+        self.run()
+
+
+class SeveralRightHandSides:
+    """One LSMR solve with a 2-D ``b`` of k columns (``block``) against k 1-D
+    solves (``columns``), dense 2000x500, 50 iterations each; the ratio of the two
+    is what ``multi_rhs_quick.py`` prints (target for PyTorch on the CPU: <= 1.3)."""
+
+    params = [["numpy", "torch"], [2, 4, 8, 16], ["block", "columns"]]
+    param_names = ["backend", "k", "how"]
+    timeout = 300
+    number = 1
+    repeat = (3, 10, 30.0)
+    warmup_time = 0.0
+
+    def setup(self, backend, k, how):
+        _require(backend)
+        import numpy as np
+
+        import lsqdiff
+
+        A, _ = common.problem_for(backend, "dense_2000x500")
+        B = np.random.default_rng(1).standard_normal((A.shape[0], k))
+        if backend == "torch":
+            import torch
+
+            B = torch.from_numpy(B)
+        kw = dict(atol=0.0, btol=0.0, conlim=0.0, maxiter=50)
+        if how == "block":
+            self.run = lambda: lsqdiff.lsmr(A, B, **kw)
+        else:
+            cols = [B[:, j].clone() if backend == "torch" else B[:, j].copy() for j in range(k)]
+            self.run = lambda: [lsqdiff.lsmr(A, c, **kw) for c in cols]
+        self.run()
+
+    def time_solve(self, backend, k, how):
         self.run()

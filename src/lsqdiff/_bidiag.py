@@ -33,14 +33,15 @@ def sym_ortho(S: Any, a: Any, b: Any) -> tuple[Any, Any, Any]:
     return a * inv, b * inv, r
 
 
-def start(op: Operator, b: Any, x0: Any, S: Any, norm: Norm) -> tuple[Any, Any, Any, Any]:
+def start(op: Operator, b: Any, x0: Any, S: Any, norm: Norm,
+          V: Any = NEW_ARRAYS) -> tuple[Any, Any, Any, Any]:
     """First step from ``b - A x0``: returns ``u, v, alpha, beta``."""
     u = b if x0 is None else b - op.matvec(x0)
     beta = norm(u)
-    u = NEW_ARRAYS.scale(S.recip(beta), u)  # never in place: u may be b
+    u = V.scaled(S.recip(beta), u)  # never in place: u may be b
     v = op.rmatvec(u)
     alpha = norm(v)
-    return u, NEW_ARRAYS.scale(S.recip(alpha), v), alpha, beta
+    return u, V.scaled(S.recip(alpha), v), alpha, beta
 
 
 def step(op: Operator, u: Any, v: Any, alpha: Any, S: Any, norm: Norm,

@@ -11,7 +11,7 @@ import array_api_compat as aac
 
 from . import _lsmr, _validate
 from ._info import ISTOP_NONFINITE
-from ._scalars import ArrayScalars, HostScalars
+from ._scalars import ArrayScalars, HostArrayScalars, HostScalars
 from ._stopping import Problem
 from .backends import Backend
 from .operator import Operator, Scaled, diagonal, function_operator, preconditioned
@@ -34,8 +34,7 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
     scalar_dtype = real_dtype(xp, dtype)
     tiny = float(xp.finfo(dtype).smallest_normal)
     if backend.traced or batch:
-        S: Any = ArrayScalars(xp, scalar_dtype, device, batch, tiny)
-        norm = backend.array_norm
+        S, norm = backend.array_scalars(ArrayScalars(xp, scalar_dtype, device, batch, tiny))
     else:
         S, norm = backend.host_scalars(HostScalars(tiny))
     if xp.finfo(dtype).bits < 32:  # half precision: norms too in the scalars' float32
@@ -49,7 +48,7 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
         zeros_x=lambda: xp.zeros((n,) + batch, dtype=dtype, device=device),
         zeros_b=lambda: xp.zeros((m,) + batch, dtype=dtype, device=device),
         damp=S.const(damp), atol=atol, btol=btol, ctol=ctol, maxiter=maxiter,
-        vec=backend.vector_ops(S.batched),
+        vec=backend.vector_ops(S),
     )
     state = method.init(problem, b, x0, **dict(options))
     if maxiter > 0:
@@ -62,6 +61,8 @@ def run(A: Any, b: Any, x0: Any, damp: Any, *, xp: Any, backend: Backend, method
         for key in ("x", "zx"):
             if key in state and (S.batched or bad):  # HostScalars: bad is a bool
                 state[key] = S.where(bad, state[key] * float("nan"), state[key])
+    if isinstance(S, HostArrayScalars):  # the results as arrays of the solve's namespace
+        state = {k: S.to_vectors(v) for k, v in state.items()}
     return state
 
 

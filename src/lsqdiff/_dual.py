@@ -25,15 +25,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._vectors import NEW_ARRAYS
-
 #: The state entries the dual adds to LSMR's and LSQR's (``zx`` is the result).
 STATE_KEYS = ("zx", "zv", "zh", "zhbar", "zw")
 
 
-def start(S: Any, u: Any, alpha: Any, zeros_b: Any) -> dict[str, Any]:
-    """Preimages after the bidiagonalisation's first step: ``z(v_1)`` and ``z_0 = 0``."""
-    return dict(zv=NEW_ARRAYS.scale(S.recip(alpha), u), zx=zeros_b)
+def start(S: Any, V: Any, u: Any, alpha: Any, zeros_b: Any) -> dict[str, Any]:
+    """Preimages after the bidiagonalisation's first step: ``z(v_1)`` and ``z_0 = 0``
+    (``V``: `lsqdiff._vectors`)."""
+    return dict(zv=V.scaled(S.recip(alpha), u), zx=zeros_b)
 
 
 def advance(S: Any, V: Any, zv: Any, u: Any, alpha: Any, beta: Any) -> Any:

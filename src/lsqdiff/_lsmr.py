@@ -37,7 +37,7 @@ def init(p: Problem, b: Any, x0: Any, dual: bool = False) -> State:
         conda=one, normx=zero,
     )
     if dual:
-        d = _dual.start(S, st["u"], st["alpha"], p.zeros_b())
+        d = _dual.start(S, V, st["u"], st["alpha"], p.zeros_b())
         st.update(d, zh=V.own(d["zv"]), zhbar=p.zeros_b())
     return st
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from . import _bidiag, _dual
 from ._stopping import Problem, choose_stop, freeze, lsqr_guard, start
-from ._vectors import NEW_ARRAYS
 
 State = dict[str, Any]
 
@@ -36,7 +35,7 @@ def init(p: Problem, b: Any, x0: Any, calc_var: bool = False, dual: bool = False
     if calc_var:
         st["var"] = p.zeros_x()
     if dual:
-        d = _dual.start(S, st["u"], st["alpha"], p.zeros_b())
+        d = _dual.start(S, V, st["u"], st["alpha"], p.zeros_b())
         st.update(d, zw=V.own(d["zv"]))
     return st
 
@@ -76,7 +75,7 @@ def step(p: Problem, st: State) -> State:
         *var, v = rest  # SciPy's var, when asked for, then v
         normw = norm(w)
         if var:
-            dk = NEW_ARRAYS.scale(S.div(1.0, rho * sa), w)
+            dk = V.scaled(S.div(1.0, rho * sa), w)
             var = [V.axpy(1.0, S.where(active, dk * dk, 0.0), var[0])]
         x = V.axpy(c_x, w, x)
         return (V.xpay(v, -c_w, w), x, *var), (normw,)  # w overwritten last

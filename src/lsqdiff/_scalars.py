@@ -10,6 +10,10 @@ below and run on one of two implementations:
 * `ArrayScalars` -- arrays of the solve's namespace, shape ``()`` or
   ``(k,)``. Used when the loop is traced (JAX) and for ``k`` right-hand sides,
   where every column has its own recurrences.
+* `HostArrayScalars` -- ``(k,)`` host arrays (NumPy) beside vectors of another
+  framework on the CPU (PyTorch): a NumPy operation on ``k`` numbers costs a
+  fraction of a framework's dispatch, and the arrays cross to the vectors
+  without a copy.
 
 Both give `pow2`, the power of two the recurrences are normalised by
 (`lsqdiff._stopping.start`).
@@ -123,6 +127,11 @@ class ArrayScalars:
         self.logical_or = xp.logical_or
         self.logical_not = xp.logical_not
 
+    @staticmethod
+    def to_vectors(a: Any) -> Any:
+        """A scalar array as the vectors take it: itself, in the same namespace."""
+        return a
+
     def const(self, value: Any) -> Any:
         if hasattr(value, "shape"):
             return self.xp.broadcast_to(self.xp.astype(value, self.dtype), self.shape)
@@ -157,3 +166,40 @@ class ArrayScalars:
         xp = self.xp
         ok = xp.logical_and(a > 0, xp.isfinite(a))
         return self.where(ok, 2.0 ** xp.floor(xp.log2(self.where(ok, a, 1.0))), 1.0)
+
+
+class HostArrayScalars(ArrayScalars):
+    """`ArrayScalars` on host arrays of namespace ``xp`` (NumPy) for vectors of
+    namespace ``vxp`` (PyTorch on the CPU).
+
+    ``to_vectors`` hands a host array to ``vxp`` (other values pass as they
+    are), ``from_vectors`` an array of ``vxp`` (a damp) to the host; both
+    without a copy. The vector updates (`lsqdiff._vectors.NewArrays`) and
+    `where` on vectors take their scalars through ``to_vectors``; the norms come
+    from the backend as host arrays.
+    """
+
+    def __init__(self, xp: Any, dtype: Any, shape: tuple[int, ...], tiny: float, vxp: Any,
+                 to_vectors: Any, from_vectors: Any):
+        super().__init__(xp, dtype, "cpu", shape, tiny)
+        self.vxp = vxp
+        self.to_vectors = to_vectors  # type: ignore[method-assign]
+        self.from_vectors = from_vectors
+
+    def const(self, value: Any) -> Any:
+        return super().const(self.from_vectors(value))
+
+    def where(self, cond: Any, a: Any, b: Any) -> Any:
+        rank = len(self.shape)
+        if getattr(a, "ndim", 0) > rank or getattr(b, "ndim", 0) > rank:  # vectors
+            vxp = self.vxp
+            a, b = self.to_vectors(a), self.to_vectors(b)
+            ref = b if hasattr(b, "dtype") else a
+            if not hasattr(a, "dtype"):
+                a = vxp.asarray(a, dtype=ref.dtype, device=ref.device)
+            if not hasattr(b, "dtype"):
+                b = vxp.asarray(b, dtype=ref.dtype, device=ref.device)
+            return vxp.where(self.to_vectors(cond), a, b)
+        # A Python number beside an array takes the array's dtype in NumPy 2
+        # (NEP 50), as `ArrayScalars.where` makes it do: no conversion needed.
+        return self.xp.where(cond, a, b)

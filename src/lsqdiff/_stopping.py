@@ -64,7 +64,7 @@ def start(p: Problem, b: Any, x0: Any) -> dict[str, Any]:
     elsewhere.
     """
     S = p.S
-    u, v, alpha, beta = _bidiag.start(p.op, b, x0, S, p.norm)
+    u, v, alpha, beta = _bidiag.start(p.op, b, x0, S, p.norm, p.vec)
     sa, sb = S.pow2(alpha), S.pow2(beta)
     alpha1, beta1 = alpha / sa, beta / sb
     # The tests are relative to ||b||. For b = 0 with a warm start the problem is

@@ -37,24 +37,37 @@ def like(a: Any, y: Any) -> Any:
 
 
 class NewArrays:
-    """Every update returns a new array; nothing is overwritten."""
+    """Every update returns a new array; nothing is overwritten.
+
+    ``to_vectors`` hands each scalar to the vectors where the scalars live
+    apart from them (`lsqdiff._scalars.HostArrayScalars`); None where they share
+    a namespace.
+    """
 
     inplace = False
 
-    @staticmethod
-    def xpay(x: Any, a: Any, y: Any) -> Any:
+    def __init__(self, to_vectors: Callable[[Any], Any] | None = None):
+        self.to_vectors = to_vectors
+
+    def _like(self, a: Any, y: Any) -> Any:
+        return like(a if self.to_vectors is None else self.to_vectors(a), y)
+
+    def xpay(self, x: Any, a: Any, y: Any) -> Any:
         """``x + a * y`` (may overwrite ``y``)."""
-        return x + like(a, y) * y
+        return x + self._like(a, y) * y
 
-    @staticmethod
-    def axpy(a: Any, x: Any, y: Any) -> Any:
+    def axpy(self, a: Any, x: Any, y: Any) -> Any:
         """``y + a * x`` (may overwrite ``y``)."""
-        return y + like(a, x) * x
+        return y + self._like(a, x) * x
 
-    @staticmethod
-    def scale(a: Any, y: Any) -> Any:
+    def scale(self, a: Any, y: Any) -> Any:
         """``y * a`` (may overwrite ``y``)."""
-        return y * like(a, y)
+        return y * self._like(a, y)
+
+    def scaled(self, a: Any, y: Any) -> Any:
+        """``y * a`` as a new array, never overwriting ``y`` (the caller's ``b``,
+        or a vector the state still holds)."""
+        return y * self._like(a, y)
 
     @staticmethod
     def own(y: Any) -> Any:

@@ -182,6 +182,27 @@ def columnwise(vec: MatVec, xp: Any) -> MatVec:
     return apply
 
 
+def narrow_columnwise(product: MatVec, below: int, xp: Any) -> MatVec:
+    """``product`` taking blocks of fewer than ``below`` columns one column at a
+    time (`columnwise`): on CPUs a matrix product with two or three columns may
+    cost more than that many matrix-vector products (docs/benchmarks.md).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.arange(6.0).reshape(3, 2)
+    >>> product = narrow_columnwise(lambda v: A @ v, 4, np)
+    >>> product(np.eye(2)).tolist()  # two columns: two matrix-vector products
+    [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    """
+    by_column = columnwise(product, xp)
+
+    def apply(V: Array) -> Array:
+        return by_column(V) if V.ndim == 2 and 1 < V.shape[1] < below else product(V)
+
+    return apply
+
+
 def function_operator(op: LinearOperator, xp: Any, dtype: Any,
                       derive: Callable[[MatVec], MatVec],
                       lift: Callable[[MatVec, Any], MatVec] = columnwise) -> Operator:

@@ -11,6 +11,7 @@ from .._vectors import NEW_ARRAYS
 from ..operator import MatVec, Operator, columnwise, dense_operator
 
 if TYPE_CHECKING:
+    from .._scalars import ArrayScalars
     from .._solve import Prepared
 
 State = dict[str, Any]
@@ -86,9 +87,16 @@ class Backend:
         `host_norm` (Dask defers both to its workers)."""
         return host, self.host_norm
 
-    def vector_ops(self, batched: bool) -> Any:
-        """How the solver updates its long vectors (`lsqdiff._vectors`); ``batched``
-        is true for traced loops and several right-hand sides."""
+    def array_scalars(self, scalars: ArrayScalars) -> tuple[Any, Callable[[Any], Any]]:
+        """The scalar arithmetic and the norm of a traced solve or one with several
+        right-hand sides, given `lsqdiff._scalars.ArrayScalars` ``scalars`` in the
+        solve's namespace: here ``scalars`` itself and `array_norm` (PyTorch on the
+        CPU moves them to the host)."""
+        return scalars, self.array_norm
+
+    def vector_ops(self, S: Any) -> Any:
+        """How the solver updates its long vectors (`lsqdiff._vectors`) beside the
+        scalar arithmetic ``S`` (`host_scalars`, `array_scalars`): here into new arrays."""
         return NEW_ARRAYS
 
     def solve_context(self) -> AbstractContextManager[Any]:

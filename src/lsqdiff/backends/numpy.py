@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..operator import Operator
+from ..operator import Operator, narrow_columnwise
 from ._base import Backend, norm_floor
 
 #: `lsqdiff.backends._base.plain_norm_ok`'s floor for the dtypes with a fast host norm.
@@ -18,6 +18,11 @@ _REAL_FLOORS = {np.dtype(t): norm_floor(np, np.dtype(t)) for t in (np.float64, n
 def _scipy_sparse() -> Any:
     # SciPy is never imported here: a SciPy object can only exist if the user imported it.
     return sys.modules.get("scipy.sparse")
+
+
+#: Blocks of fewer columns than this are multiplied column by column: OpenBLAS's
+#: GEMM with 2 or 3 columns took up to twice the time of as many GEMVs (docs/benchmarks.md).
+GEMV_BELOW = 4
 
 
 class NumpyBackend(Backend):
@@ -40,7 +45,9 @@ class NumpyBackend(Backend):
 
     def dense_operator(self, A: Any) -> Operator:
         # np.matrix would turn A @ v into a (1, m) matrix: use the plain array.
-        return super().dense_operator(np.asarray(A))
+        op = super().dense_operator(np.asarray(A))
+        return Operator(op.shape, narrow_columnwise(op.matvec, GEMV_BELOW, self.xp),
+                        narrow_columnwise(op.rmatvec, GEMV_BELOW, self.xp))
 
     def is_sparse(self, A: Any) -> bool:
         sp = _scipy_sparse()

@@ -18,9 +18,10 @@ import torch
 from torch.autograd import forward_ad
 
 from .._terms import Terms
+from .._scalars import ArrayScalars, HostArrayScalars
 from .._vectors import NEW_ARRAYS, NewArrays
-from ..operator import LinearOperator, MatVec, Operator, Scaled
-from ._base import Backend, State, plain_norm_ok, scaled_norm
+from ..operator import LinearOperator, MatVec, Operator, Scaled, narrow_columnwise
+from ._base import Backend, State, norm_floor, plain_norm_ok, scaled_norm
 
 if TYPE_CHECKING:
     from .._solve import Prepared
@@ -30,7 +31,28 @@ class TorchBackend(Backend):
     name = "torch"
 
     def solve_context(self) -> Any:
-        return torch.no_grad()
+        return _quiet_no_grad()
+
+    def array_scalars(self, scalars: ArrayScalars) -> tuple[Any, Callable[[Any], Any]]:
+        # On the CPU a PyTorch operation on k numbers is microseconds of dispatch, and
+        # an iteration makes about a hundred: NumPy's cost a fraction. On a GPU the
+        # scalars stay tensors (no host sync per iteration), and so they do wherever
+        # autograd records or a torch.func transform is active (they must carry
+        # derivatives there). The solve's own Function runs its loop outside both.
+        if (scalars.device.type != "cpu" or torch.is_grad_enabled()
+                or torch._C._functorch.peek_interpreter_stack() is not None):
+            return super().array_scalars(scalars)
+        host = HostArrayScalars(np, _HOST_DTYPES[scalars.dtype], scalars.shape, scalars.tiny,
+                                torch, _to_tensor, _to_host)
+        return host, self._host_norms
+
+    def _host_norms(self, v: Any) -> Any:
+        """`array_norm` of a CPU tensor's columns, as a NumPy array."""
+        r = torch.linalg.vector_norm(v, dim=0).numpy()
+        ok = np.logical_and(r >= norm_floor(self.xp, v.dtype), r < math.inf)
+        if ok.all():
+            return r
+        return np.where(ok, r, scaled_norm(self.xp, v).numpy())
 
     def differentiable(self, p: Prepared) -> State:
         A, b, x0, damp = p.args
@@ -52,8 +74,11 @@ class TorchBackend(Backend):
         # (torch.func.jvp, forward_ad) does not require grad but has a tangent.
         return value.requires_grad or forward_ad.unpack_dual(value).tangent is not None
 
-    def vector_ops(self, batched: bool) -> Any:
-        return NEW_ARRAYS if batched else _IN_PLACE
+    def vector_ops(self, S: Any) -> Any:
+        if not S.batched:
+            return _IN_PLACE
+        # Several right-hand sides: new arrays, taking host scalars as tensors.
+        return _HOST_BATCHED if isinstance(S, HostArrayScalars) else NEW_ARRAYS
 
     def constant(self, a: Any) -> Any:
         return a.detach()
@@ -70,6 +95,18 @@ class TorchBackend(Backend):
         if plain_norm_ok(r, torch, v.dtype):
             return r
         return float(scaled_norm(self.xp, v))
+
+    def dense_operator(self, A: Any) -> Operator:
+        if A.device.type != "cpu" or A.is_complex():
+            return super().dense_operator(A)
+        # How MKL on the CPU was fastest (docs/benchmarks.md): A^T U as (U^T A)^T
+        # (a transposed view), 1.8-4.5x faster than A.mT @ U for 2-16 columns; A V
+        # as (V^T A^T)^T from 4 columns, and column by column for 2 or 3.
+        AT = A.mT
+        matvec = narrow_columnwise(lambda v: A @ v if v.ndim == 1 else (v.mT @ AT).mT,
+                                   GEMV_BELOW, self.xp)
+        return Operator(tuple(A.shape), matvec,
+                        lambda u: AT @ u if u.ndim == 1 else (u.mT @ A).mT)
 
     def is_sparse(self, A: Any) -> bool:
         return isinstance(A, torch.Tensor) and A.layout != torch.strided
@@ -107,6 +144,32 @@ class TorchBackend(Backend):
         return np.array(value.tolist(), dtype=str(value.dtype).removeprefix("torch."))
 
 
+#: Products of a dense CPU A with blocks of fewer columns run column by column.
+GEMV_BELOW = 4
+
+#: The host dtype of the scalar recurrences (`lsqdiff._driver.real_dtype`).
+_HOST_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _to_tensor(a: Any) -> Any:
+    """A NumPy array as a CPU tensor sharing its memory; anything else as it is."""
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+
+
+def _to_host(a: Any) -> Any:
+    """A CPU tensor as a NumPy array sharing its memory (detached: only values
+    cross); anything else as it is."""
+    return a.detach().numpy() if isinstance(a, torch.Tensor) else a
+
+
+@contextlib.contextmanager
+def _quiet_no_grad() -> Iterator[None]:
+    """No autograd recording, and IEEE inf/nan from NumPy without warnings
+    (stopped columns run on in the host scalars)."""
+    with torch.no_grad(), np.errstate(all="ignore"):
+        yield
+
+
 def _csr_transpose(A: Any) -> Any:
     """``A^T`` of a 2-D CSR tensor, as CSR (built once per solve for the rmatvec)."""
     if A.device.type != "cpu":
@@ -138,6 +201,7 @@ class _InPlace(NewArrays):
     inplace = True
 
     def __init__(self, chunk_bytes: int = 2 * 2 ** 20):
+        super().__init__()
         self.chunk_bytes = chunk_bytes
 
     @staticmethod
@@ -187,6 +251,21 @@ class _InPlace(NewArrays):
         return tuple(vectors[:len(out)]), tuple(math.hypot(*p) for p in zip(*norms))
 
 
+class _HostBatched(NewArrays):
+    """Several right-hand sides with host scalars (`HostArrayScalars`): new
+    tensors, each ``x + a * y`` one fused operation."""
+
+    def __init__(self) -> None:
+        super().__init__(_to_tensor)
+
+    def xpay(self, x: Any, a: Any, y: Any) -> Any:
+        a = self._like(a, y)
+        return torch.addcmul(x, a, y) if isinstance(a, torch.Tensor) else torch.add(x, y, alpha=a)
+
+    def axpy(self, a: Any, x: Any, y: Any) -> Any:
+        return self.xpay(y, a, x)
+
+
 def _check_pieces(pieces: Sequence[Any], n: int) -> None:
     if any(not isinstance(p, torch.Tensor) or p.ndim != 1 for p in pieces):
         raise TypeError("A: rmatvec_pieces must return a list of 1-D tensors")
@@ -213,6 +292,7 @@ def _split(v: Any, sizes: list[int]) -> list[Any]:
 
 
 _IN_PLACE = _InPlace()
+_HOST_BATCHED = _HostBatched()
 
 
 class _Box:
@@ -329,7 +409,8 @@ def _first_order(ctx: Any, x_bar: Any) -> tuple[Any, ...]:
     if isinstance(damp, torch.Tensor):
         damp = damp.detach()
     A = _operator_input(p, params)
-    cot = p.backward(A, b, x0, damp, x, x_bar.detach(), ctx.y)
+    with p.backend.solve_context():
+        cot = p.backward(A, b, x0, damp, x, x_bar.detach(), ctx.y)
     return _input_grads(ctx, cot, A, b, x0, damp, ctx.saved_tensors[3:])
 
 
