@@ -32,6 +32,13 @@ import lsqdiff
 if "XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
 
+# pytest -n 2 runs one worker per core on problems far too small to split
+# across threads: PyTorch's intra-op threads (OpenMP, one per core by default)
+# then only oversubscribe the cores and spin at each operation's barrier (the
+# torch tests took about 3x the CPU time). One thread per worker, unless the
+# user has set OMP_NUM_THREADS; before torch is first imported, which reads it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 try:
     import jax
 except ImportError:  # pragma: no cover - jax not installed
