@@ -10,7 +10,8 @@
   reference solutions and dtype-dependent tolerances.
 
 JAX runs in float64 here (``jax_enable_x64``); the library itself never turns
-that flag on.
+that flag on. Each test process runs one OpenMP (PyTorch) thread unless
+``OMP_NUM_THREADS`` is set.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ import lsqdiff
 # jax is first imported.
 if "XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+
+# pytest -n 2 runs one worker per core on problems far too small to split
+# across threads: PyTorch's intra-op threads (OpenMP, one per core by default)
+# can then only oversubscribe the cores and spin at each operation's barrier.
+# On a machine loaded by other processes the torch tests took about 3x the CPU
+# time so (on idle cores the difference is within noise). One thread per
+# worker, unless the user has set OMP_NUM_THREADS; before torch is first
+# imported, which reads it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 try:
     import jax

@@ -217,9 +217,11 @@ def test_jax_recipe_gradient_matches_torch():
     names = ["log_lengthscale", "log_amplitude", "frequencies", "log_noise"]
     p = {k: jnp.asarray(t.detach().numpy()) for k, t in zip(names, gp.parameters())}
     jdata = [jnp.asarray(t.numpy()) for t in data]
-    jvalue, jgrad = jax.value_and_grad(
+    # Under jit, as the recipe runs (eagerly every loop of the operator's solves
+    # would compile on its own).
+    jvalue, jgrad = jax.jit(jax.value_and_grad(
         lambda p: gp_jax.predictive_loss(p, *jdata, atol=1e-12, btol=1e-12, maxiter=200,
-                                          batch=7)[0])(p)
+                                          batch=7)[0]))(p)
     assert float(jvalue) == pytest.approx(float(value), rel=1e-9)
     for k, g in zip(names, grads):
         torch.testing.assert_close(torch.from_numpy(jax.device_get(jgrad[k]).copy()), g,

@@ -123,9 +123,10 @@ def test_jax_full_rank_one_solve(jx, case):
 
     args = [jnp.asarray(a) for a in present(A, b, x0, None)]
     tans = [jnp.asarray(a) for a in present(dA, db, dx0, None)]
-    _, x_dot = jx.jit(lambda a, t: jx.jvp(f, a, t))(args, tans)
+    f_jit = jx.jit(f)  # check_grads's jvp of it reuses the compiled jvp below
+    _, x_dot = jx.jvp(f_jit, args, tans)
     assert_close(x_dot, reference_tangent(A, b, x0, 0.0, dA, db, dx0, 0.0), 1e-7, 1e-9, "x_dot")
-    check_grads(jx.jit(f), args, order=1, modes=["fwd", "rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+    check_grads(f_jit, args, order=1, modes=["fwd", "rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
     rest = args[2:]
     # forward; one solve, and its transpose where custom_linear_solve keeps both
     # (tall); wide: the pseudo-inverse primitive, whose transpose is made when needed
@@ -138,8 +139,9 @@ def test_jax_full_rank_one_solve(jx, case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_jax_jvp_and_check_grads(jx, case):
-    """jax.jvp (under jit) equals the central difference of the dense solution
-    in every input at once; check_grads in modes fwd and rev, order 1."""
+    """jax.jvp of the jitted solve equals the central difference of the dense
+    solution in every input at once; check_grads in mode fwd (and rev where
+    test_jax_grad.py does not check the case), order 1."""
     from jax.test_util import check_grads
 
     jnp = jx.numpy
@@ -149,12 +151,16 @@ def test_jax_jvp_and_check_grads(jx, case):
     f = jax_solve(solver, x0 is not None, bool(damp))
     args = [jnp.asarray(a) for a in present(A, b, x0, damp or None)]
     tans = [jnp.asarray(a) for a in present(dA, db, dx0, ddamp or None)]
-    x, x_dot = jx.jit(lambda a, t: jx.jvp(f, a, t))(args, tans)
+    f_jit = jx.jit(f)  # check_grads's jvp of it reuses the compiled jvp here
+    x, x_dot = jx.jvp(f_jit, args, tans)
     np.testing.assert_allclose(np.asarray(x), dense_solve(A, b, x0, damp), rtol=1e-10, atol=1e-12)
     assert x_dot.dtype == x.dtype
     assert_close(x_dot, reference_tangent(A, b, x0, damp, dA, db, dx0, ddamp), 1e-7, 1e-9,
                  "x_dot")
-    check_grads(jx.jit(f), args, order=1, modes=["fwd", "rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+    # Reverse mode of the same problem and solver is test_jax_grad.py's
+    # test_check_grads_and_closed_form; 2-D b runs LSQR there, so both modes run here.
+    modes = ["fwd", "rev"] if case == "2d-b" else ["fwd"]
+    check_grads(f_jit, args, order=1, modes=modes, eps=1e-6, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(6, 4), (4, 6)], ids=["tall", "wide"])
@@ -189,7 +195,7 @@ def test_jax_jacfwd_equals_jacrev_and_dense(jx, damp):
     f = lambda A, b: lsqdiff.lsmr(A, b, damp=damp, **TIGHT_GRAD)[0]  # noqa: E731
     fwd = jx.jit(jx.jacfwd(f, argnums=(0, 1)))(A, b)
     rev = jx.jit(jx.jacrev(f, argnums=(0, 1)))(A, b)
-    ref = jx.jacfwd(dense, argnums=(0, 1))(A, b)
+    ref = jx.jit(jx.jacfwd(dense, argnums=(0, 1)))(A, b)
     for name, jf, jr, want in zip("Ab", fwd, rev, ref):
         assert_close(jf, want, 1e-9, 1e-12, f"jacfwd {name}")
         assert_close(jr, want, 1e-9, 1e-12, f"jacrev {name}")
@@ -214,7 +220,7 @@ def test_jax_hessian_of_damped_solve_is_exact(jx):
 
     for argnum in (0, 1):
         got = jx.jit(jx.hessian(loss, argnums=argnum), static_argnums=2)(A, b, lsq)
-        want = jx.hessian(loss, argnums=argnum)(A, b, dense)
+        want = jx.jit(jx.hessian(loss, argnums=argnum), static_argnums=2)(A, b, dense)
         assert_close(got, want, 1e-9, 1e-12, f"hessian {'Ab'[argnum]}")
 
 
