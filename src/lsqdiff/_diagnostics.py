@@ -27,8 +27,8 @@ class GradientSolveWarning(UserWarning):
     ...     grads = pullback(np.ones(4))
     >>> caught[0].category is lsqdiff.GradientSolveWarning
     True
-    >>> [i.istop for i in grads.info]  # b = A x here: the b_bar solve alone
-    [7]
+    >>> [i.istop for i in grads.info]  # b_bar's solve at its limit says nothing of w: y, g solved
+    [7, 7, 7]
     """
 
 
