@@ -41,7 +41,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from quick import interleaved_samples, limit_threads, paired_ratio, table  # noqa: E402
+from quick import (  # noqa: E402
+    interleaved_samples, limit_threads, paired_ratio, table, warn_if_loaded)
 
 gc = None  # benchmarks.grad_common, imported in main() after the thread settings
 
@@ -145,10 +146,7 @@ def main(argv=None) -> None:
           f"torch {torch.__version__} | matfree {mf} | {os.cpu_count()} CPUs | "
           f"threads {args.threads or 'default'} | float64 | {repeats} rounds | "
           f"{args.clock} clock\n")
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: 1-min load average is {load:.2f} on {os.cpu_count()} CPUs; other work "
-              "skews these timings (the interleaving only partly cancels it)\n")
+    warn_if_loaded()
     t0 = time.perf_counter()
     rows = []
     for mode in modes:

@@ -29,7 +29,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from quick import interleaved_samples, limit_threads, median, paired_ratio, table  # noqa: E402
+from quick import (  # noqa: E402
+    interleaved_samples, limit_threads, median, paired_ratio, table, warn_if_loaded)
 
 #: (m, n, iterations per solve): enough iterations that per-solve overhead is small.
 FULL = ((2000, 500, 50), (20000, 2000, 10))
@@ -150,10 +151,7 @@ def main(argv=None) -> None:
           f"float64 | median of {repeats} | {'CPU' if args.cpu_time else 'wall'} time\n")
     if args.small:
         print("--small: a smoke test of the script; these figures are not results\n")
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: 1-min load average is {load:.2f} on {os.cpu_count()} CPUs; other work "
-              "skews these timings (the interleaving only partly cancels it)\n")
+    warn_if_loaded()
     t0 = time.perf_counter()
     rows = []
     for m, n, iters in sizes:

@@ -34,6 +34,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 common = None  # benchmarks.common, imported in main() once the thread settings are made
 
 
+def warn_if_loaded() -> None:
+    """Say so when other work loads the machine (a 1-min load average above 0.5)."""
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: 1-min load average is {load:.2f} on {os.cpu_count()} CPUs; other work "
+              "skews these timings (the interleaving only partly cancels it)\n")
+
+
 def limit_threads(n: int) -> None:
     """Run every framework's kernels on ``n`` threads (before any of them is imported)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -156,10 +164,7 @@ def main(argv=None) -> None:
     print(f"lsqdiff {lsqdiff.__version__} | numpy {np.__version__} | scipy {scipy.__version__} | "
           f"jax {jax.__version__} | torch {torch.__version__} (threads {torch.get_num_threads()}) | "
           f"{os.cpu_count()} CPUs | threads {args.threads or 'default'} | float64 | median of {repeats}\n")
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: 1-min load average is {load:.2f} on {os.cpu_count()} CPUs; other work "
-              "skews these timings (the interleaving only partly cancels it)\n")
+    warn_if_loaded()
     t0 = time.perf_counter()
     print("1. lsqdiff (NumPy backend) time / SciPy time, same problem, same iteration count "
           "(target <= 1.10)\n")
