@@ -66,8 +66,9 @@ class NewArrays:
 
     def scaled(self, a: Any, y: Any) -> Any:
         """``y * a`` as a new array, never overwriting ``y`` (the caller's ``b``,
-        or a vector the state still holds)."""
-        return y * self._like(a, y)
+        or a vector the state still holds): this class's `scale`, also where a
+        subclass scales in place."""
+        return NewArrays.scale(self, a, y)
 
     @staticmethod
     def own(y: Any) -> Any:
